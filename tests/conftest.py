@@ -1,0 +1,1 @@
+"""Shared pytest set-up: fixtures live in tests/support/ and are imported here."""
