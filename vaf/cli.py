@@ -1,0 +1,31 @@
+"""``vaf``: the admin's command line (click). Each area adds its commands to :data:`main`.
+
+Subcommand modules are listed in :data:`SUBCOMMANDS` and imported lazily, so
+``vaf --help`` stays fast and a missing optional dependency only breaks its own command.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import click
+
+#: command name -> "module:attribute" of a click command or group
+SUBCOMMANDS: dict[str, str] = {}
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(super().list_commands(ctx)) | set(SUBCOMMANDS))
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name in SUBCOMMANDS:
+            module, _, attribute = SUBCOMMANDS[name].partition(":")
+            return getattr(importlib.import_module(module), attribute)
+        return super().get_command(ctx, name)
+
+
+@click.group(cls=LazyGroup)
+@click.version_option(package_name="vaf")
+def main() -> None:
+    """Virtual Analysis Facility drivers for OpenNebula."""
