@@ -17,8 +17,8 @@ from vaf.errors import ProtocolError
 # RFC 1123 host names plus IPv4 literals; oned writes host names from `onehost create`.
 _HOST_RE = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
                       r"(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
-_DISK_RE = re.compile(r"^disk\.(\d+)$")
-_ID_RE = re.compile(r"^\d{1,10}$")
+_DISK_RE = re.compile(r"^disk\.([0-9]+)$")
+_ID_RE = re.compile(r"^[0-9]{1,10}$")
 
 
 @dataclass(frozen=True)
@@ -116,14 +116,18 @@ def expect_args(argv: Sequence[str], names: Sequence[str], action: str,
     """
     if variadic is None:
         if len(argv) != len(names):
-            raise ProtocolError(f"{action} expects {len(names)} arguments "
+            raise ProtocolError(f"{action} expects {_count(len(names))} "
                                 f"({' '.join(names)}), got {len(argv)}")
         return dict(zip(names, argv, strict=True))
     fixed = list(names)
     if len(argv) < len(fixed):
-        raise ProtocolError(f"{action} expects at least {len(fixed)} arguments "
+        raise ProtocolError(f"{action} expects at least {_count(len(fixed))} "
                             f"({variadic}... {' '.join(fixed)}), got {len(argv)}")
     split = len(argv) - len(fixed)
     named: dict[str, str | list[str]] = dict(zip(fixed, argv[split:], strict=True))
     named[variadic] = list(argv[:split])
     return named
+
+
+def _count(n: int) -> str:
+    return f"{n} argument" + ("" if n == 1 else "s")

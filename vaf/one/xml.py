@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -22,6 +23,7 @@ from vaf.errors import ProtocolError
 _PARSER = etree.XMLParser(resolve_entities=False, no_network=True, huge_tree=False,
                           remove_blank_text=True)
 _MAX_PAYLOAD = 16 * 1024 * 1024
+_INT_RE = re.compile(r"^[0-9]{1,18}$")  # ASCII only: str.isdigit() accepts '٣'
 
 
 def decode_payload(data: str | bytes, what: str = "payload") -> etree._Element:
@@ -72,7 +74,7 @@ def _required(node: etree._Element, path: str, where: str) -> str:
 
 def _required_int(node: etree._Element, path: str, where: str) -> int:
     value = _required(node, path, where)
-    if not value.isdigit():
+    if not _INT_RE.match(value):
         raise ProtocolError(f"{where}: {path} must be an integer, got {value!r}")
     return int(value)
 
@@ -81,7 +83,7 @@ def _optional_int(node: etree._Element, path: str, where: str) -> int | None:
     value = _text(node, path)
     if value in (None, ""):
         return None
-    if not value.isdigit():
+    if not _INT_RE.match(value):
         raise ProtocolError(f"{where}: {path} must be an integer, got {value!r}")
     return int(value)
 
