@@ -11,7 +11,9 @@ import importlib
 import click
 
 #: command name -> "module:attribute" of a click command or group
-SUBCOMMANDS: dict[str, str] = {}
+SUBCOMMANDS: dict[str, str] = {
+    "gate": "vaf.gate.cli:gate",
+}
 
 
 class LazyGroup(click.Group):
