@@ -12,6 +12,7 @@ import click
 
 #: command name -> "module:attribute" of a click command or group
 SUBCOMMANDS: dict[str, str] = {
+    "isolation": "vaf.drivers.isolation_cli:isolation",
     "gate": "vaf.gate.cli:gate",
 }
 

@@ -26,6 +26,9 @@ from vaf.one.log import DriverLog, run_main
 #: (kind, directory under remotes/<kind>/) -> module whose ACTIONS serve that directory
 DRIVERS: dict[tuple[str, str], str] = {
     ("tm", "lvmsnap"): "vaf.drivers.lvmsnap",
+    ("hooks", "ebtables"): "vaf.drivers.isolation",  # the vaf-isolation state hook
+    ("vnm", "vaf_isolation"): "vaf.drivers.isolation",
+    ("vnm", "ebtables"): "vaf.drivers.isolation",  # installed under the old VN_MAD name
 }
 
 #: program name of an extension (remotes/<kind>/<any>/<action>.d/<name>) -> module

@@ -15,13 +15,18 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-
-from lxml import etree
+from xml.etree import ElementTree
+from xml.parsers import expat
 
 from vaf.errors import ProtocolError
 
-_PARSER = etree.XMLParser(resolve_entities=False, no_network=True, huge_tree=False,
-                          remove_blank_text=True)
+try:
+    from lxml import etree
+except ImportError:  # a hypervisor: Debian's python3 alone runs the host-side drivers
+    etree = None
+
+_PARSER = (etree.XMLParser(resolve_entities=False, no_network=True, huge_tree=False,
+                           remove_blank_text=True) if etree is not None else None)
 _MAX_PAYLOAD = 16 * 1024 * 1024
 _INT_RE = re.compile(r"^[0-9]{1,18}$")  # ASCII only: str.isdigit() accepts '٣'
 
@@ -45,9 +50,40 @@ def decode_payload(data: str | bytes, what: str = "payload") -> etree._Element:
 def parse_xml(raw: str | bytes, what: str = "XML document") -> etree._Element:
     if isinstance(raw, str):
         raw = raw.encode()
+    if etree is None:
+        return parse_xml_stdlib(raw, what)
     try:
         return etree.fromstring(raw, _PARSER)
     except etree.XMLSyntaxError as err:
+        raise ProtocolError(f"{what} is not well-formed XML: {err}") from None
+
+
+def parse_xml_stdlib(raw: bytes, what: str = "XML document") -> ElementTree.Element:
+    """Parse with the stdlib's expat where lxml is missing, refusing any DTD.
+
+    oned never writes a DOCTYPE; refusing one (and any entity declaration) closes the
+    entity-expansion and external-entity doors that plain ElementTree leaves open. The
+    elements answer ``find``/``iterfind``/``text``/``tag`` like lxml's, which is all the views
+    below use.
+    """
+    builder = ElementTree.TreeBuilder()
+    parser = expat.ParserCreate()
+
+    def refuse(*_args) -> None:
+        raise ProtocolError(f"{what} contains a DTD or an entity declaration (refused)")
+
+    parser.StartDoctypeDeclHandler = refuse
+    parser.EntityDeclHandler = refuse
+    parser.ExternalEntityRefHandler = refuse
+    parser.StartElementHandler = builder.start
+    parser.EndElementHandler = builder.end
+    parser.CharacterDataHandler = builder.data
+    parser.buffer_text = True
+    parser.ordered_attributes = False
+    try:
+        parser.Parse(raw, True)
+        return builder.close()
+    except (expat.ExpatError, AssertionError) as err:
         raise ProtocolError(f"{what} is not well-formed XML: {err}") from None
 
 
