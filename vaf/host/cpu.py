@@ -217,6 +217,7 @@ class VmState:
     nice: dict[str, int]  # tid -> original nice
     weight_file: str | None = None
     weight_value: str | None = None  # exactly as read, so restore writes it back verbatim
+    autogroup_nice: int | None = None  # set when the autogroup nice stands in for a weight
     layers: dict[str, dict] = field(default_factory=dict)  # layer -> asdict(Priority)
 
     def effective(self) -> Priority | None:
@@ -327,9 +328,46 @@ def _snapshot(vmid: int, qemu: Qemu, host: Host, notes: list[str]) -> VmState:
     if cgroup:
         with open(cgroup.file, encoding="ascii") as handle:
             state.weight_file, state.weight_value = cgroup.file, handle.read().strip()
-    else:
-        notes.append(f"no CPU weight: {why}; nice only")
+        return state
+    state.autogroup_nice, autogroup_why = _autogroup_nice(qemu.pid, host.proc)
+    also = "and of its autogroup" if state.autogroup_nice is not None else f"only ({autogroup_why})"
+    notes.append(f"no CPU weight: {why}; nice of every thread {also}")
     return state
+
+
+# --- autogroups: the weight of processes outside any cgroup ----------------------------------
+# With CONFIG_SCHED_AUTOGROUP (Debian's default) every session of the root cgroup is its own
+# scheduling group, and nice then only arbitrates *inside* a session. libvirt starts each qemu
+# in a session of its own, so without cgroups a renice of the threads alone does nothing
+# against another VM; /proc/<pid>/autogroup holds the session's nice, which does.
+
+def _autogroup_nice(pid: int, proc_root: str) -> tuple[int | None, str]:
+    """The nice of ``pid``'s autogroup if it is the process's own, else None and why."""
+    enabled = proc.read_text(f"{proc_root}/sys/kernel/sched_autogroup_enabled")
+    if not enabled or enabled.strip() != "1":
+        return None, "autogroups are off"
+    mine = _autogroup(pid, proc_root)
+    if mine is None:
+        return None, "no autogroup"
+    for name in os.listdir(proc_root):
+        if name.isdigit() and int(name) != pid:
+            theirs = _autogroup(int(name), proc_root)
+            if theirs and theirs[0] == mine[0]:
+                return None, f"autogroup shared with process {name}"
+    return mine[1], ""
+
+
+def _autogroup(pid: int, proc_root: str) -> tuple[str, int] | None:
+    text = proc.read_text(f"{proc_root}/{pid}/autogroup")  # "/autogroup-16 nice 0"
+    fields = text.split() if text else []
+    if len(fields) != 3 or fields[1] != "nice":
+        return None
+    return fields[0], int(fields[2])
+
+
+def _set_autogroup_nice(pid: int, proc_root: str, nice: int) -> None:
+    with open(f"{proc_root}/{pid}/autogroup", "w", encoding="ascii") as handle:
+        handle.write(f"{nice}\n")
 
 
 def _renice_all(qemu: Qemu, host: Host, nice_for) -> list[int]:
@@ -356,6 +394,9 @@ def _weight_cgroup(state: VmState) -> CpuCgroup | None:
 def _enforce(state: VmState, priority: Priority, qemu: Qemu, host: Host) -> dict:
     tids = _renice_all(qemu, host, lambda tid: priority.nice)
     result = {"nice": priority.nice, "threads": len(tids)}
+    if state.autogroup_nice is not None:
+        _set_autogroup_nice(qemu.pid, host.proc, priority.nice)
+        result["autogroup_nice"] = priority.nice
     cgroup = _weight_cgroup(state)
     target = cgroup and priority.target_weight(cgroup.version, int(state.weight_value))
     if cgroup and target:
@@ -367,6 +408,9 @@ def _enforce(state: VmState, priority: Priority, qemu: Qemu, host: Host) -> dict
 def _restore(state: VmState, qemu: Qemu, host: Host) -> dict:
     tids = _renice_all(qemu, host, lambda tid: state.nice.get(str(tid), state.nice_default))
     result = {"nice": state.nice_default, "threads": len(tids)}
+    if state.autogroup_nice is not None:
+        _set_autogroup_nice(qemu.pid, host.proc, state.autogroup_nice)
+        result["autogroup_nice"] = state.autogroup_nice
     cgroup = _weight_cgroup(state)
     if cgroup:
         with open(cgroup.file, "w", encoding="ascii") as handle:

@@ -39,7 +39,7 @@ def parse_stat(text: str) -> Stat:
                 nice=int(fields[16]), start_time=int(fields[19]))
 
 
-def _read(path: str) -> str | None:
+def read_text(path: str) -> str | None:
     try:
         with open(path, encoding="utf-8", errors="replace") as handle:
             return handle.read()
@@ -49,12 +49,12 @@ def _read(path: str) -> str | None:
 
 def process_stat(pid: int, proc: str = PROC) -> Stat | None:
     """The process's stat, or None when it has gone away."""
-    text = _read(f"{proc}/{pid}/stat")
+    text = read_text(f"{proc}/{pid}/stat")
     return parse_stat(text) if text else None
 
 
 def thread_stat(pid: int, tid: int, proc: str = PROC) -> Stat | None:
-    text = _read(f"{proc}/{pid}/task/{tid}/stat")
+    text = read_text(f"{proc}/{pid}/task/{tid}/stat")
     return parse_stat(text) if text else None
 
 
@@ -67,7 +67,7 @@ def threads(pid: int, proc: str = PROC) -> list[int]:
 
 
 def cmdline(pid: int, proc: str = PROC) -> list[str]:
-    text = _read(f"{proc}/{pid}/cmdline")
+    text = read_text(f"{proc}/{pid}/cmdline")
     return text.rstrip("\0").split("\0") if text else []
 
 
@@ -108,7 +108,7 @@ def find_domain_pid(domain: str, pid_dir: str = LIBVIRT_PID_DIR,
     because a stale file can name a recycled PID. Without a valid pid file the process list
     is scanned (libvirt may run with another state directory).
     """
-    text = _read(os.path.join(pid_dir, f"{domain}.pid"))
+    text = read_text(os.path.join(pid_dir, f"{domain}.pid"))
     if text and text.strip().isdigit() and is_domain_process(int(text.strip()), domain, proc):
         return int(text.strip())
     try:
