@@ -1,24 +1,383 @@
-"""lvmsnap: the caching LVM transfer manager (TM_MAD=lvmsnap).
+"""lvmsnap: the caching LVM transfer manager (TM_MAD=lvmsnap), front-end side.
 
 Every TM action oned may call is listed in :data:`ACTIONS`; the executables under
-``remotes/tm/lvmsnap/`` are the launcher installed under those names.
+``remotes/tm/lvmsnap/`` are the launcher installed under those names. Each action checks oned's
+argv, reads what it needs from the conf and (at most once) from ``onevm show -x``, then makes
+**one** ssh call running ``host-command lvmsnap-<action>`` on the hypervisor
+(``vaf/drivers/lvmsnap_host.py`` does the work there) and relays that command's tagged log
+lines and its reason line to oned unchanged.
+
+The cache layout and key are described in ``vaf/drivers/lvmsnap_cache.py`` and
+``docs/lvmsnap.md``.
 """
 
 from __future__ import annotations
 
-from vaf.errors import ProtocolError
-from vaf.host.lvm import VolumeGroup, system_vg_name
-from vaf.one.args import expect_args, parse_id
+import json
+import os
+import re
+import shutil
+import sys
+import tempfile
+from collections.abc import Callable
+from typing import Any
+
+from vaf.drivers.lvmsnap_host import Settings
+from vaf.errors import DriverError, ProtocolError, VafError, one_line
+from vaf.host.fs import SUPPORTED_FS
+from vaf.host.iso import find_iso_tool, iso_argv
+from vaf.host.lvm import system_vg_name
+from vaf.host.runner import DEFAULT_SUDO, CommandError, HostUnreachable, Result
+from vaf.one.args import (
+    HostPath,
+    disk_id_from_path,
+    expect_args,
+    is_disk_path,
+    parse_host,
+    parse_host_path,
+    parse_id,
+    parse_size_mb,
+    system_ds_from_path,
+)
 from vaf.one.dispatch import Invocation
 from vaf.one.log import DriverLog
-from vaf.one.xml import DsDriverAction
+from vaf.one.xml import VM, DsDriverAction, decode_payload, parse_xml
+
+DEFAULT_REMOTE_DIR = "/var/tmp/one"
+_TAGGED_RE = re.compile(r"^(ERROR|INFO|WARN|DEBUG):\s+")
+MKIMAGE_FS = ("xfs", "ext2", "ext3", "ext4", "raw", "swap")
+
+
+# --- configuration -------------------------------------------------------------------------
+
+def settings(inv: Invocation, sys_ds: int) -> Settings:
+    """The host-side settings from ``lvmsnap.conf`` (defaults in :class:`Settings`)."""
+    conf, base = inv.config, Settings(vg="")
+    return Settings(
+        vg=system_vg_name(sys_ds),
+        mode=conf.choice("SNAPSHOT_MODE", base.mode, ("thin", "classic")),
+        volatile=conf.choice("VOLATILE_VOLUMES", base.volatile, ("thin", "thick")),
+        pool=conf.str("THIN_POOL", base.pool),
+        pool_size=conf.str("THIN_POOL_SIZE", base.pool_size),
+        cow_percent=conf.int("CLASSIC_COW_PERCENT", base.cow_percent, 1, 1000),
+        lock_dir=conf.str("LOCK_DIR", base.lock_dir),
+        dd_bs=conf.str("DD_BLOCK_SIZE", base.dd_bs),
+        progress_seconds=conf.float("PROGRESS_SECONDS", base.progress_seconds, 0),
+        sudo=conf.argv("SUDO", DEFAULT_SUDO),
+        test_kill_at=conf.str("TEST_KILL_AT", ""),
+    )
+
+
+# --- calling the host side -------------------------------------------------------------------
+
+class HostFailure(VafError):
+    """The host-side command failed: its reason line, relayed as is."""
+
+    def __init__(self, reason: str, extra: list[str], returncode: int | None):
+        super().__init__(reason)
+        self._extra = extra
+        self.exit_code = returncode if returncode in (1, 2) else 1
+
+    def details(self) -> list[str]:
+        return self._extra
+
+
+class Relay:
+    """Pass the host's tagged lines through to oned at once; keep the untagged ones."""
+
+    def __init__(self, stream=None):
+        self.stream = stream
+        self.untagged: list[str] = []
+
+    def line(self, text: str) -> None:
+        if _TAGGED_RE.match(text):
+            out = self.stream or sys.stderr
+            out.write(text + "\n")
+            out.flush()
+        else:
+            self.untagged.append(text)
+
+    def failure(self, err: CommandError) -> VafError:
+        if isinstance(err, HostUnreachable) or not self.untagged:
+            return err
+        # The host wrote one reason line; anything before it (an ssh warning) is context.
+        return HostFailure(one_line(self.untagged[-1]),
+                           [f"from {err.host or 'localhost'}: {line}"
+                            for line in self.untagged[:-1]], err.returncode)
+
+
+def host_call(inv: Invocation, host: str | None, command: str, params: dict[str, Any],
+              input: bytes | None = None) -> Result:
+    """Run ``host-command lvmsnap-<command>`` on ``host`` (None: here) in one ssh call."""
+    if host is None:
+        script = os.path.join(inv.remotes, "vaf", "host-command")
+    else:
+        remote_dir = inv.config.str("REMOTE_DIR", DEFAULT_REMOTE_DIR)
+        script = f"{remote_dir.rstrip('/')}/vaf/host-command"
+    python = inv.config.argv("HOST_PYTHON", ("python3",))
+    argv = [*python, script, f"lvmsnap-{command}", json.dumps(params, separators=(",", ":"))]
+    relay = Relay()
+    try:
+        return inv.runner.on(host).run(argv, input=input, on_stderr_line=relay.line)
+    except CommandError as err:
+        raise relay.failure(err) from None
+
+
+# --- reading oned's arguments and the VM -------------------------------------------------------
+
+def read_vm(inv: Invocation, vmid: int) -> VM:
+    """``onevm show -x VMID`` on the front-end, the way stock drivers read VM data."""
+    argv = [*inv.config.argv("ONEVM", ("onevm",)), "show", "-x", str(vmid)]
+    try:
+        out = inv.runner.on(None).output(argv)
+    except CommandError as err:
+        raise DriverError(f"cannot read VM {vmid}: {err.reason}") from None
+    return VM.from_element(parse_xml(out, f"onevm show -x {vmid}"))
+
+
+def host_of(path: HostPath, what: str) -> str:
+    if path.host is None:
+        raise ProtocolError(f"{what} {path} has no host: expected host:/path")
+    return path.host
+
+
+def start(inv: Invocation, log: DriverLog, names: list[str], vmid_name: str = "VMID"):
+    """Check arity, parse and announce the VM id (so our log lines reach the VM log)."""
+    args = expect_args(inv.args, names, inv.action)
+    log.vmid = parse_id(args[vmid_name], "VM id")
+    return args, log.vmid
+
+
+def disk_target(text: str) -> tuple[HostPath, int, int]:
+    """A ``host:…/<sys ds>/<vmid>/disk.<i>`` argument: path, disk id, system DS id."""
+    dst = parse_host_path(text, "disk path")
+    host_of(dst, "disk path")
+    return dst, disk_id_from_path(dst.path), system_ds_from_path(dst.path)
+
+
+def base_params(inv: Invocation, sys_ds: int, vmid: int | None) -> dict[str, Any]:
+    return {"settings": settings(inv, sys_ds).to_params(), "vmid": vmid}
+
+
+# --- actions ---------------------------------------------------------------------------------
+
+def _clone_or_ln(inv: Invocation, log: DriverLog, command: str) -> int:
+    args, vmid = start(inv, log, ["SRC", "DST", "VMID", "DSID"])
+    parse_id(args["DSID"], "datastore id")
+    src = parse_host_path(args["SRC"], "image source")
+    dst, disk_id, sys_ds = disk_target(args["DST"])
+    size_mb = read_vm(inv, vmid).disk(disk_id).size_mb
+    params = base_params(inv, sys_ds, vmid) | {"src": src.path, "dst": dst.path,
+                                               "disk_id": disk_id, "size_mb": size_mb}
+    host_call(inv, dst.host, command, params)
+    return 0
+
+
+def clone(inv: Invocation, log: DriverLog) -> int:
+    """``clone fe:SRC host:DST VMID DSID``: a snapshot of the host's cache of the image."""
+    return _clone_or_ln(inv, log, "clone")
+
+
+def ln(inv: Invocation, log: DriverLog) -> int:
+    """``ln fe:SRC host:DST VMID DSID``: a persistent image gets its own volume."""
+    return _clone_or_ln(inv, log, "ln")
+
+
+def mkimage_fs(fmt: str, disk_fs: str | None, default_fs: str) -> str:
+    """The filesystem of a volatile disk: DISK/FS, else a legacy FORMAT naming one, else the
+    conf default (``xfs``); ``raw`` leaves the volume unformatted."""
+    # FORMAT is the image format (raw, qcow2) since 4.x; in 3.x it named the filesystem
+    for candidate in (disk_fs, fmt if fmt in SUPPORTED_FS else None, default_fs):
+        if candidate:
+            lowered = candidate.lower()
+            if lowered not in MKIMAGE_FS:
+                raise DriverError(f"unsupported filesystem {candidate!r} for a volatile disk "
+                                  f"(supported: {', '.join(MKIMAGE_FS)})")
+            return lowered
+    return "raw"
+
+
+def _make_volume(inv: Invocation, log: DriverLog, size_text: str, dst_text: str, vmid: int,
+                 fs_type: str) -> int:
+    size_mb = parse_size_mb(size_text, "disk size")
+    dst, disk_id, sys_ds = disk_target(dst_text)
+    params = base_params(inv, sys_ds, vmid) | {"dst": dst.path, "disk_id": disk_id,
+                                               "size_mb": size_mb, "fs": fs_type}
+    host_call(inv, dst.host, "mkimage", params)
+    return 0
+
+
+def mkimage(inv: Invocation, log: DriverLog) -> int:
+    """``mkimage SIZE FORMAT host:DST VMID DSID``: a scratch disk (XFS unless asked otherwise)."""
+    args, vmid = start(inv, log, ["SIZE", "FORMAT", "DST", "VMID", "DSID"])
+    disk_id = disk_id_from_path(parse_host_path(args["DST"], "disk path").path)
+    fmt = args["FORMAT"].lower()
+    disk_fs = None if fmt == "swap" else read_vm(inv, vmid).disk(disk_id).fs
+    fs_type = "swap" if fmt == "swap" else mkimage_fs(
+        fmt, disk_fs, inv.config.str("MKIMAGE_DEFAULT_FS", "xfs"))
+    return _make_volume(inv, log, args["SIZE"], args["DST"], vmid, fs_type)
+
+
+def mkswap(inv: Invocation, log: DriverLog) -> int:
+    """``mkswap SIZE host:DST VMID DSID``."""
+    args, vmid = start(inv, log, ["SIZE", "DST", "VMID", "DSID"])
+    return _make_volume(inv, log, args["SIZE"], args["DST"], vmid, "swap")
+
+
+def delete(inv: Invocation, log: DriverLog) -> int:
+    """``delete host:PATH VMID DSID``: a disk's volume and link, or the VM directory."""
+    args, vmid = start(inv, log, ["PATH", "VMID", "DSID"])
+    path = parse_host_path(args["PATH"], "path")
+    sys_ds = system_ds_from_path(path.path)
+    params = base_params(inv, sys_ds, vmid) | {"path": path.path,
+                                               "is_disk": is_disk_path(path.path)}
+    host_call(inv, host_of(path, "path"), "delete", params)
+    return 0
+
+
+def mv(inv: Invocation, log: DriverLog) -> int:
+    """``mv SRC DST VMID DSID`` within one host (the VG is host-local)."""
+    args, vmid = start(inv, log, ["SRC", "DST", "VMID", "DSID"])
+    src = parse_host_path(args["SRC"], "source")
+    dst = parse_host_path(args["DST"], "destination")
+    if src.host != dst.host:
+        raise DriverError(f"lvmsnap keeps VM disks in host-local volume groups: cannot move "
+                          f"{src} to another host (use live migration)")
+    if system_ds_from_path(src.path) != system_ds_from_path(dst.path):
+        raise DriverError("lvmsnap cannot move a VM between system datastores")
+    params = base_params(inv, system_ds_from_path(dst.path), vmid) | {
+        "src": src.path, "dst": dst.path, "is_disk": is_disk_path(src.path)}
+    host_call(inv, host_of(dst, "destination"), "mv", params)
+    return 0
+
+
+def mvds(inv: Invocation, log: DriverLog) -> int:
+    """``mvds host:SRC DST VMID DSID``: write a persistent disk back to its image."""
+    args, vmid = start(inv, log, ["SRC", "DST", "VMID", "DSID"])
+    return _save(inv, args["SRC"], args["DST"], vmid, "mvds")
+
+
+def cpds(inv: Invocation, log: DriverLog) -> int:
+    """``cpds host:SRC DST SNAPID VMID DSID``: save a disk as a new image."""
+    args, vmid = start(inv, log, ["SRC", "DST", "SNAPID", "VMID", "DSID"])
+    if args["SNAPID"] not in ("-1", "-"):
+        parse_id(args["SNAPID"], "snapshot id")
+        raise DriverError("lvmsnap has no disk snapshots: cannot save a snapshot")
+    return _save(inv, args["SRC"], args["DST"], vmid, "cpds")
+
+
+def _save(inv: Invocation, src_text: str, dst_text: str, vmid: int, command: str) -> int:
+    src, disk_id, sys_ds = disk_target(src_text)
+    dst = parse_host_path(dst_text, "image path")
+    params = base_params(inv, sys_ds, vmid) | {"src": src.path, "dst": dst.path,
+                                               "disk_id": disk_id}
+    host_call(inv, src.host, command, params)
+    return 0
+
+
+def resize(inv: Invocation, log: DriverLog) -> int:
+    """``resize host:DISK SIZE VMID DSID``: grow a thin or persistent disk."""
+    args, vmid = start(inv, log, ["DISK", "SIZE", "VMID", "DSID"])
+    disk, _, sys_ds = disk_target(args["DISK"])
+    params = base_params(inv, sys_ds, vmid) | {
+        "path": disk.path, "size_mb": parse_size_mb(args["SIZE"], "disk size")}
+    host_call(inv, disk.host, "resize", params)
+    return 0
+
+
+def context(inv: Invocation, log: DriverLog) -> int:
+    """``context CTX [FILES...] host:DST VMID DSID``: the CONTEXT ISO as ``disk.<N>``."""
+    args = expect_args(inv.args, ["DST", "VMID", "DSID"], "context", variadic="SOURCES")
+    log.vmid = vmid = parse_id(args["VMID"], "VM id")
+    sources = args["SOURCES"]
+    if not sources:
+        raise ProtocolError("context expects the context.sh path before the destination")
+    dst, _, sys_ds = disk_target(args["DST"])
+    iso = build_context_iso(inv, sources)
+    params = base_params(inv, sys_ds, vmid) | {"dst": dst.path}
+    host_call(inv, dst.host, "context", params, input=iso)
+    return 0
+
+
+def context_file(source: str) -> tuple[str, str]:
+    """``/path`` or ``/path:'name'`` (FILES_DS) → (path on the front-end, name in the ISO)."""
+    path, sep, name = source.partition(":")
+    name = name.strip("'") if sep else os.path.basename(path)
+    if not path.startswith("/") or not name or "/" in name or name in (".", ".."):
+        raise ProtocolError(f"invalid context file {source!r}")
+    return path, name
+
+
+def build_context_iso(inv: Invocation, sources: list[str]) -> bytes:
+    tool = find_iso_tool(inv.config.str("MKISOFS", ""))
+    if tool is None:
+        raise DriverError("neither genisoimage nor xorriso is installed on the front-end")
+    with tempfile.TemporaryDirectory(prefix="vaf-context-") as work:
+        tree = os.path.join(work, "iso")
+        os.mkdir(tree)
+        for source in sources:
+            path, name = context_file(source)
+            try:
+                shutil.copyfile(path, os.path.join(tree, name))
+            except OSError as err:
+                raise DriverError(f"cannot read context file {path}: {err.strerror}") from None
+        output = os.path.join(work, "context.iso")
+        inv.runner.on(None).run(iso_argv(tool, output, tree))
+        with open(output, "rb") as handle:
+            return handle.read()
+
+
+def _migrate_args(inv: Invocation, log: DriverLog):
+    names = ["SRC_HOST", "DST_HOST", "SYSDIR", "VMID", "DSID"]
+    # migrate_other passes the calling TM's name as a 6th word: accept and ignore it
+    argv = inv.args[:5] if len(inv.args) == 6 else inv.args
+    args = expect_args(argv, names, inv.action)
+    log.vmid = vmid = parse_id(args["VMID"], "VM id")
+    sysdir = parse_host_path(args["SYSDIR"], "VM directory").path
+    sys_ds = system_ds_from_path(sysdir)
+    return (parse_host(args["SRC_HOST"], "source host"),
+            parse_host(args["DST_HOST"], "destination host"), sysdir, vmid, sys_ds)
+
+
+def migrate_disks(data: bytes) -> list[list[int]]:
+    """``[[disk id, size MB or 0], ...]`` from the base64 VM XML on stdin."""
+    vm = VM.from_element(decode_payload(data, "VM payload"))
+    return [[d.disk_id, d.size_mb or 0] for d in vm.disks]
+
+
+def premigrate(inv: Invocation, log: DriverLog) -> int:
+    """Make the VM's disks exist on the destination host before the hypervisor copies them."""
+    _, dst_host, sysdir, vmid, sys_ds = _migrate_args(inv, log)
+    disks = migrate_disks(inv.read_stdin("VM payload"))
+    params = base_params(inv, sys_ds, vmid) | {"sysdir": sysdir, "disks": disks}
+    host_call(inv, dst_host, "premigrate", params)
+    return 0
+
+
+def postmigrate(inv: Invocation, log: DriverLog) -> int:
+    """Drop the VM's volumes on the source host once it runs on the destination."""
+    src_host, _, sysdir, vmid, sys_ds = _migrate_args(inv, log)
+    inv.read_stdin("VM payload")
+    params = base_params(inv, sys_ds, vmid) | {"sysdir": sysdir}
+    host_call(inv, src_host, "postmigrate", params)
+    return 0
+
+
+def failmigrate(inv: Invocation, log: DriverLog) -> int:
+    """Undo premigrate on the destination host."""
+    _, dst_host, sysdir, vmid, sys_ds = _migrate_args(inv, log)
+    inv.read_stdin("VM payload")
+    params = base_params(inv, sys_ds, vmid) | {"sysdir": sysdir}
+    host_call(inv, dst_host, "failmigrate", params)
+    return 0
 
 
 def monitor(inv: Invocation, log: DriverLog) -> int:
     """``monitor DSID`` with the base64 DS_DRIVER_ACTION_DATA on stdin (system datastore).
 
     Like fs_lvm, asks the first host of the datastore's BRIDGE_LIST (the VG is on the hosts),
-    or this machine when there is none, and prints USED_MB, FREE_MB and TOTAL_MB.
+    or this machine when there is none. Prints USED_MB, FREE_MB and TOTAL_MB as ``vgs`` sees
+    them, then the cache size and how full each thin pool and classic snapshot is.
     """
     args = expect_args(inv.args, ["DSID"], "monitor")
     ds_id = parse_id(args["DSID"], "datastore id")
@@ -27,14 +386,43 @@ def monitor(inv: Invocation, log: DriverLog) -> int:
         raise ProtocolError(f"monitor called for datastore {ds_id} with the payload of "
                             f"datastore {action.datastore.ds_id}")
     hosts = action.datastore.template.get("BRIDGE_LIST", "").split()
-    host = hosts[0] if hosts else None
-    usage = VolumeGroup(system_vg_name(ds_id), inv.runner.on(host)).usage()
-    print(f"USED_MB={usage.used_mb}")
-    print(f"FREE_MB={usage.free_mb}")
-    print(f"TOTAL_MB={usage.total_mb}")
+    params = base_params(inv, ds_id, None) | {
+        "warn_percent": inv.config.float("MONITOR_WARN_PERCENT", 80.0, 0)}
+    result = host_call(inv, hosts[0] if hosts else None, "monitor", params)
+    sys.stdout.write(result.stdout)
     return 0
 
 
-ACTIONS = {
+def noop(inv: Invocation, log: DriverLog) -> int:
+    """Nothing to do: LVM activates caches and VM volumes itself at boot (no skip flag)."""
+    return 0
+
+
+def not_supported(inv: Invocation, log: DriverLog) -> int:
+    raise DriverError(f"lvmsnap does not support {inv.action} (no disk snapshots or backups "
+                      "on lvmsnap datastores)")
+
+
+Action = Callable[[Invocation, DriverLog], int]
+
+ACTIONS: dict[str, Action] = {
+    "clone": clone,
+    "ln": ln,
+    "mkimage": mkimage,
+    "mkswap": mkswap,
+    "context": context,
+    "delete": delete,
+    "mv": mv,
+    "mvds": mvds,
+    "cpds": cpds,
+    "resize": resize,
+    "premigrate": premigrate,
+    "postmigrate": postmigrate,
+    "failmigrate": failmigrate,
     "monitor": monitor,
+    "activate": noop,
+    **{name: not_supported for name in (
+        "snap_create", "snap_create_live", "snap_delete", "snap_revert", "restore",
+        "prebackup", "prebackup_live", "postbackup", "postbackup_live")},
 }
+

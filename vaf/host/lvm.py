@@ -1,13 +1,18 @@
 """LVM operations on one volume group, local or on a hypervisor (through the runner).
 
 One object per volume group owns every LVM command vaf runs, so callers never build LVM argv
-themselves. All reads use machine-readable output (``--noheadings --units m --nosuffix
---separator``) and the runner's C locale. Privileged commands go through ``sudo -n``.
+themselves: the argv come from the pure ``*_argv`` builders below (table-tested). All reads use
+machine-readable output (``--noheadings --units m|b --nosuffix --separator``) and the runner's
+C locale. Privileged commands go through ``sudo -n``.
+
+Every ``lvcreate`` passes ``--yes``: lvm otherwise stops at an interactive "Wipe it? [y/n]"
+question when reused space still holds a filesystem signature, and a driver has no terminal.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from vaf.errors import DriverError
@@ -66,3 +71,190 @@ class VolumeGroup:
         if len(fields) != 2:
             raise DriverError(f"unexpected vgs output for {self.name}: {out.strip()!r}")
         return VgUsage(total_mb=parse_mb(fields[0]), free_mb=parse_mb(fields[1]))
+
+    def lvs(self) -> dict[str, LogicalVolume]:
+        """Every LV of the group by name (one ``lvs`` call)."""
+        return parse_lvs(self.lvm(*lvs_argv(self.name)).stdout)
+
+    def path(self, lv: str) -> str:
+        """The device path udev creates for an active LV."""
+        return f"/dev/{self.name}/{lv}"
+
+    def exists(self) -> bool:
+        return self.runner.succeeds(["vgs", "--noheadings", "-o", "vg_name", self.name],
+                                    sudo=True)
+
+
+#: the columns vaf reads from ``lvs``; sizes in bytes so image sizes compare exactly
+LV_FIELDS = ("lv_name", "lv_attr", "lv_size", "origin", "pool_lv", "data_percent",
+             "metadata_percent", "lv_tags")
+
+
+@dataclass(frozen=True)
+class LogicalVolume:
+    name: str
+    attr: str
+    size_bytes: int
+    origin: str
+    pool: str
+    data_percent: float | None
+    metadata_percent: float | None
+    tags: tuple[str, ...]
+
+    @property
+    def size_mb(self) -> int:
+        return -(-self.size_bytes // MB)
+
+    @property
+    def active(self) -> bool:
+        return len(self.attr) > 4 and self.attr[4] == "a"
+
+    @property
+    def open(self) -> bool:
+        return len(self.attr) > 5 and self.attr[5] == "o"
+
+    @property
+    def is_thin_pool(self) -> bool:
+        return self.attr.startswith("t")
+
+    @property
+    def is_classic_snapshot(self) -> bool:
+        # s = valid snapshot, S = invalid (its COW overflowed)
+        return self.attr[:1] in ("s", "S")
+
+    @property
+    def invalid(self) -> bool:
+        return self.attr.startswith("S")
+
+    def tag(self, key: str) -> str | None:
+        """The value of a ``key=value`` tag, or None."""
+        prefix = key + "="
+        for tag in self.tags:
+            if tag.startswith(prefix):
+                return tag[len(prefix):]
+        return None
+
+
+MB = 1024 * 1024
+
+
+def _percent(text: str) -> float | None:
+    text = text.strip()
+    return float(text) if text else None
+
+
+def parse_lvs(output: str) -> dict[str, LogicalVolume]:
+    """Parse the output of :func:`lvs_argv`."""
+    volumes: dict[str, LogicalVolume] = {}
+    for line in output.splitlines():
+        if not line.strip():
+            continue
+        fields = line.strip().split(SEPARATOR)
+        if len(fields) != len(LV_FIELDS):
+            raise DriverError(f"unexpected lvs output: {line.strip()!r}")
+        name, attr, size, origin, pool, data, meta, tags = fields
+        try:
+            volume = LogicalVolume(name=name, attr=attr, size_bytes=int(float(size)),
+                                   origin=origin, pool=pool, data_percent=_percent(data),
+                                   metadata_percent=_percent(meta),
+                                   tags=tuple(t for t in tags.split(",") if t))
+        except ValueError:
+            raise DriverError(f"unexpected lvs output: {line.strip()!r}") from None
+        volumes[name] = volume
+    return volumes
+
+
+_TAG_BAD_CHARS = re.compile(r"[^A-Za-z0-9_+.\-/=!:&#]")
+
+
+def safe_tag(text: str) -> str:
+    """LVM tags accept ``[A-Za-z0-9_+.-/=!:&#]`` and 1024 characters; replace the rest."""
+    return _TAG_BAD_CHARS.sub("_", text)[:1024]
+
+
+def _tag_args(option: str, tags: Iterable[str]) -> list[str]:
+    args: list[str] = []
+    for tag in tags:
+        args += [option, safe_tag(tag)]
+    return args
+
+
+def _size_args(size: str | int) -> list[str]:
+    """``-L <n>m`` for a number of MB, ``-l`` for an extent spec such as ``50%VG``."""
+    text = str(size).strip()
+    if "%" in text:
+        return ["-l", text]
+    if text.isdigit():
+        return ["-L", f"{text}m"]
+    return ["-L", text]
+
+
+def lvs_argv(vg: str) -> list[str]:
+    return ["lvs", "--noheadings", "--units", "b", "--nosuffix", "--separator", SEPARATOR,
+            "-o", ",".join(LV_FIELDS), vg]
+
+
+def lvcreate_linear_argv(vg: str, name: str, size_mb: int, tags: Sequence[str] = (),
+                         wipe: bool = True) -> list[str]:
+    """A plain LV; ``wipe`` clears old signatures (off for a volume dd overwrites whole)."""
+    yn = "y" if wipe else "n"
+    return (["lvcreate", "--yes", "-n", name, *_size_args(size_mb), "--wipesignatures", yn,
+             "-Z", yn, *_tag_args("--addtag", tags), vg])
+
+
+def lvcreate_pool_argv(vg: str, pool: str, size: str | int) -> list[str]:
+    """A thin pool; ``-Zy`` so a new thin volume never reads blocks a deleted VM wrote."""
+    return ["lvcreate", "--yes", "--type", "thin-pool", "-n", pool, *_size_args(size), "-Z", "y",
+            "--addtag", "vaf.pool", vg]
+
+
+def lvcreate_thin_argv(vg: str, pool: str, name: str, size_mb: int,
+                       tags: Sequence[str] = ()) -> list[str]:
+    return ["lvcreate", "--yes", "--thinpool", f"{vg}/{pool}", "-n", name, "-V", f"{size_mb}m",
+            "-k", "n", *_tag_args("--addtag", tags)]
+
+
+def lvcreate_thin_snapshot_argv(vg: str, pool: str, origin: str, name: str,
+                                tags: Sequence[str] = ()) -> list[str]:
+    """A thin snapshot of an external (read-only, non-thin) origin, active at once.
+
+    Thin snapshots get the activation-skip flag by default and would be left inactive:
+    ``-kn`` drops it, so no separate ``lvchange -ay -K`` (one lvm call less per clone).
+    """
+    return ["lvcreate", "--yes", "-s", "--thinpool", f"{vg}/{pool}", "-n", name, "-k", "n",
+            *_tag_args("--addtag", tags), f"{vg}/{origin}"]
+
+
+def lvcreate_classic_snapshot_argv(vg: str, origin: str, name: str, cow_mb: int,
+                                   tags: Sequence[str] = ()) -> list[str]:
+    """A classic COW snapshot, writable even though its origin (a cache) is read-only."""
+    return ["lvcreate", "--yes", "-s", "-n", name, "-L", f"{cow_mb}m", "-p", "rw",
+            *_tag_args("--addtag", tags), f"{vg}/{origin}"]
+
+
+def lvremove_argv(vg: str, name: str) -> list[str]:
+    return ["lvremove", "-f", f"{vg}/{name}"]
+
+
+def lvrename_argv(vg: str, old: str, new: str) -> list[str]:
+    return ["lvrename", vg, old, new]
+
+
+def lvchange_argv(vg: str, name: str, *, readonly: bool = False, activate: bool | None = None,
+                  add_tags: Sequence[str] = (), del_tags: Sequence[str] = ()) -> list[str]:
+    """``lvchange`` for permission, activation (``-K``: thin snapshots skip it) and tags."""
+    argv = ["lvchange"]
+    if readonly:
+        argv += ["-p", "r"]
+    if activate is True:
+        argv += ["-a", "y", "-K"]
+    elif activate is False:
+        argv += ["-a", "n"]
+    argv += _tag_args("--deltag", del_tags) + _tag_args("--addtag", add_tags)
+    if argv == ["lvchange"]:
+        raise ValueError("lvchange with nothing to change")
+    return argv + [f"{vg}/{name}"]
+
+
+def lvextend_argv(vg: str, name: str, size_mb: int) -> list[str]:
+    return ["lvextend", "-L", f"{size_mb}m", f"{vg}/{name}"]

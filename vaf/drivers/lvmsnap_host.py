@@ -1,0 +1,814 @@
+"""lvmsnap on the hypervisor: the commands ``host-command lvmsnap-<action>`` runs there.
+
+The front-end action (``vaf/drivers/lvmsnap.py``) validates oned's argv, reads the conf and
+the VM XML, and calls one of :data:`COMMANDS` through a single ssh round trip with a JSON
+object of parameters. Everything that touches LVM, the shared image mount or the VM directory
+happens here, as ``oneadmin`` with ``sudo -n`` for privileged commands.
+
+Concurrency: every LVM metadata change runs under the host-local lock ``lvm-<vg>``; a cache fill
+runs under ``fill-<vg>-<key>`` (held across the copy, so eight clones of one uncached image do
+one fill and seven waits). Lock order is always fill, then lvm.
+
+stdlib only: runs with Debian's python3.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from vaf.drivers import lvmsnap_cache as cache
+from vaf.drivers.lvmsnap_cache import ImageStat
+from vaf.errors import DriverError, ProtocolError
+from vaf.host import fs, locks
+from vaf.host import lvm as lvmargv
+from vaf.host.lvm import LogicalVolume, VolumeGroup
+from vaf.host.runner import CommandError, Runner
+from vaf.one.log import DriverLog
+
+MB = 1024 * 1024
+_DD_BYTES_RE = re.compile(r"^(\d+) bytes")
+STALE_FILL_WAIT_SECONDS = 600
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The conf values the front-end hands over (its conf file is the one source)."""
+
+    vg: str
+    mode: str = "thin"  # thin | classic: how VM disks snapshot a cache
+    volatile: str = "thin"  # thin | thick: where mkimage/mkswap/ln volumes go
+    pool: str = "vaf-pool"
+    pool_size: str = "50%VG"
+    cow_percent: int = 100
+    lock_dir: str = "/var/lock/vaf-lvmsnap"
+    dd_bs: str = "4M"
+    progress_seconds: float = 10.0
+    sudo: tuple[str, ...] = ("sudo", "-n")
+    test_kill_at: str = ""
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any]) -> Settings:
+        raw = params.get("settings")
+        if not isinstance(raw, dict) or not isinstance(raw.get("vg"), str):
+            raise ProtocolError("host command parameters lack settings.vg")
+        known = {k: v for k, v in raw.items() if k in cls.__dataclass_fields__}
+        if "sudo" in known:
+            known["sudo"] = tuple(known["sudo"])
+        return cls(**known)
+
+    def to_params(self) -> dict[str, Any]:
+        return {name: (list(value) if isinstance(value, tuple) else value)
+                for name, value in self.__dict__.items()}
+
+
+class Host:
+    """One host-side action: settings, log, the local runner and the volume group."""
+
+    def __init__(self, params: Mapping[str, Any], log: DriverLog):
+        self.params = params
+        self.log = log
+        self.settings = Settings.from_params(params)
+        self.runner = Runner(sudo_prefix=self.settings.sudo)
+        self.vg = VolumeGroup(self.settings.vg, self.runner)
+
+    def lvm(self, argv: list[str], **kwargs):
+        return self.runner.run(argv, sudo=True, **kwargs)
+
+    def metadata_lock(self):
+        return locks.exclusive(self.settings.lock_dir, f"lvm-{self.vg.name}")
+
+    def checkpoint(self, name: str) -> None:
+        """Test hook: die here by SIGKILL, as a crash or an admin's kill -9 would."""
+        if self.settings.test_kill_at == name:
+            self.log.debug(f"test hook: killing myself at {name}")
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    def param(self, name: str, kind: type = str):
+        value = self.params.get(name)
+        if not isinstance(value, kind) or isinstance(value, bool) != (kind is bool):
+            raise ProtocolError(f"host command parameter {name!r} missing or not {kind.__name__}")
+        return value
+
+    def optional(self, name: str, kind: type = str):
+        return self.params.get(name) if isinstance(self.params.get(name), kind) else None
+
+    @property
+    def thin_volatile(self) -> bool:
+        return self.settings.volatile == "thin"
+
+
+# --- small host helpers -------------------------------------------------------------------
+
+def hostname() -> str:
+    return socket.getfqdn()
+
+
+def prepare_vm_dir(path: str) -> None:
+    """``mkdir -p`` the VM directory and record the host in ``.host``, as fs_lvm does."""
+    directory = os.path.dirname(path)
+    os.makedirs(directory, exist_ok=True)
+    with open(os.path.join(directory, ".host"), "w", encoding="utf-8") as handle:
+        handle.write(hostname() + "\n")
+
+
+def replace_symlink(target: str, link: str) -> None:
+    """Point ``link`` at ``target`` atomically (a retried prolog finds the old link)."""
+    temporary = f"{link}.vaf-{os.getpid()}"
+    os.symlink(target, temporary)
+    os.replace(temporary, link)
+
+
+def remove_path(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    except IsADirectoryError:
+        import shutil
+
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def linked_lv(host: Host, link: str) -> str | None:
+    """The LV name ``link`` points at inside our VG, or None (not a link, elsewhere)."""
+    try:
+        target = os.readlink(link)
+    except OSError:
+        return None
+    prefix = f"/dev/{host.vg.name}/"
+    return target[len(prefix):] if target.startswith(prefix) else None
+
+
+def now() -> int:
+    return int(time.time())
+
+
+# --- copying with progress ----------------------------------------------------------------
+
+class Progress:
+    """Turns dd's ``status=progress`` lines into INFO lines at most every few seconds."""
+
+    def __init__(self, log: DriverLog, what: str, total: int, every: float):
+        self.log = log
+        self.what = what
+        self.total = max(total, 1)
+        self.every = every
+        self.started = time.monotonic()
+        self.last = self.started
+
+    def line(self, text: str) -> None:
+        match = _DD_BYTES_RE.match(text)
+        if not match or "copied" not in text:
+            return
+        moment = time.monotonic()
+        if moment - self.last < self.every:
+            return
+        self.last = moment
+        done = int(match.group(1))
+        self.log.info(f"{self.what}: {done // MB} of {self.total // MB} MB "
+                      f"({100 * done // self.total}%) after {moment - self.started:.0f} s")
+
+
+def dd_copied_bytes(stderr: str) -> int | None:
+    """The byte count of dd's final summary (``N bytes (...) copied``)."""
+    for line in reversed(stderr.replace("\r", "\n").splitlines()):
+        match = _DD_BYTES_RE.match(line.strip())
+        if match:
+            return int(match.group(1))
+    return None
+
+
+def dd_argv(source: str, target: str, bs: str, *, count_bytes: int | None = None,
+            sparse: bool = False, seek_bytes: int | None = None,
+            direct: bool = True) -> list[str]:
+    """One ``dd`` for every copy: big blocks, direct writes, fsync before success."""
+    argv = ["dd", f"if={source}", f"of={target}", f"bs={bs}", "status=progress"]
+    oflags = ["direct"] if direct else []
+    conv = ["fsync"] + (["sparse"] if sparse else []) + (["notrunc"] if not direct else [])
+    if count_bytes is not None:
+        argv += [f"count={count_bytes}", "iflag=count_bytes,fullblock"]
+    if seek_bytes is not None:
+        argv.append(f"seek={seek_bytes}")
+        oflags.append("seek_bytes")
+    if oflags:
+        argv.append("oflag=" + ",".join(oflags))
+    return argv + ["conv=" + ",".join(conv)]
+
+
+def copy(host: Host, source: str, target: str, total: int, what: str, **dd_options) -> int:
+    """Copy with dd as root, reporting progress; return the bytes dd says it copied."""
+    progress = Progress(host.log, what, total, host.settings.progress_seconds)
+    result = host.runner.run(dd_argv(source, target, host.settings.dd_bs, **dd_options),
+                             sudo=True, on_stderr_line=progress.line)
+    copied = dd_copied_bytes(result.stderr)
+    return -1 if copied is None else copied
+
+
+def zero_tail(host: Host, device: str, start: int) -> None:
+    """Zero a volume from ``start`` to its end: reused extents may hold another VM's data."""
+    size = int(host.runner.output(["blockdev", "--getsize64", device], sudo=True))
+    if size > start:
+        host.runner.run(dd_argv("/dev/zero", device, "1M", count_bytes=size - start,
+                                seek_bytes=start), sudo=True)
+
+
+# --- volume group housekeeping (callers hold the metadata lock) ----------------------------
+
+def ensure_pool(host: Host, volumes: Mapping[str, LogicalVolume]) -> None:
+    pool = host.settings.pool
+    if pool in volumes:
+        if not volumes[pool].is_thin_pool:
+            raise DriverError(f"{host.vg.name}/{pool} exists but is not a thin pool")
+        return
+    host.log.info(f"creating thin pool {host.vg.name}/{pool} ({host.settings.pool_size})")
+    host.lvm(lvmargv.lvcreate_pool_argv(host.vg.name, pool, host.settings.pool_size))
+
+
+def make_room(host: Host, volumes: Mapping[str, LogicalVolume], need_mb: int,
+              keep: tuple[str, ...] = ()) -> None:
+    """Evict unused caches, least recently used first, until ``need_mb`` fit in the VG."""
+    free_mb = host.vg.usage().free_mb
+    try:
+        victims = cache.choose_evictions(volumes, free_mb, need_mb, keep)
+    except cache.NoRoom as err:
+        raise DriverError(f"volume group {host.vg.name} on {hostname()} has {err.free_mb} MB "
+                          f"free and {err.evictable_mb} MB in unused caches; {need_mb} MB "
+                          "are needed") from None
+    for name in victims:
+        host.log.info(f"evicting unused cache {name} ({volumes[name].tag(cache.SRC_TAG)}) "
+                      "to make room")
+        host.lvm(lvmargv.lvremove_argv(host.vg.name, name))
+
+
+def wait_until_closed(host: Host, name: str, limit: float = STALE_FILL_WAIT_SECONDS) -> None:
+    """A killed fill may leave its dd writing for a while: wait for it to let go."""
+    deadline = time.monotonic() + limit
+    while True:
+        lv = host.vg.lvs().get(name)
+        if lv is None or not lv.open:
+            return
+        if time.monotonic() > deadline:
+            raise DriverError(f"{host.vg.name}/{name} is still open after {limit:.0f} s: "
+                              "a process still writes it")
+        time.sleep(1)
+
+
+def remove_stale_fills(host: Host, volumes: Mapping[str, LogicalVolume]) -> None:
+    """Remove fills whose filler is gone (its fill lock is free) and that nothing has open."""
+    for name in cache.stale_fills(volumes.values()):
+        key = name[len(cache.FILL_PREFIX):]
+        with locks.if_free(host.settings.lock_dir, fill_lock(host, key)) as free:
+            if free and not volumes[name].open:
+                host.log.info(f"removing {name}, left over by an interrupted fill")
+                host.lvm(lvmargv.lvremove_argv(host.vg.name, name))
+
+
+def fill_lock(host: Host, key: str) -> str:
+    return f"fill-{host.vg.name}-{key}"
+
+
+def create_volume(host: Host, volumes: Mapping[str, LogicalVolume], name: str, size_mb: int,
+                  tags: list[str], thin: bool) -> None:
+    """A new empty VM volume: thin in the pool, or thick (making room for it)."""
+    if thin:
+        ensure_pool(host, volumes)
+        host.lvm(lvmargv.lvcreate_thin_argv(host.vg.name, host.settings.pool, name, size_mb,
+                                            tags))
+    else:
+        make_room(host, volumes, size_mb)
+        host.lvm(lvmargv.lvcreate_linear_argv(host.vg.name, name, size_mb, tags))
+
+
+def remove_if_idle(host: Host, volumes: Mapping[str, LogicalVolume], name: str) -> None:
+    """Remove a VM volume left by an earlier attempt; refuse one that is in use."""
+    lv = volumes.get(name)
+    if lv is None:
+        return
+    if lv.open:
+        raise DriverError(f"{host.vg.name}/{name} already exists and is in use")
+    host.log.warn(f"removing {name}, left over by an earlier attempt")
+    host.lvm(lvmargv.lvremove_argv(host.vg.name, name))
+
+
+# --- the cache ------------------------------------------------------------------------------
+
+def stat_image(path: str) -> ImageStat:
+    try:
+        return ImageStat.of(path)
+    except FileNotFoundError:
+        raise DriverError(f"image {path} not found on {hostname()}: is the image datastore "
+                          "mounted there?") from None
+    except OSError as err:
+        raise DriverError(f"cannot read image {path} on {hostname()}: {err.strerror}") from None
+
+
+def ensure_cache(host: Host, image: ImageStat) -> str:
+    """The name of a complete cache LV of ``image``, filling one if needed (cold path)."""
+    key = image.key
+    name = cache.cache_name(key)
+
+    def waiting() -> None:
+        host.log.info(f"waiting for another clone filling the cache of {image.path}")
+
+    with locks.exclusive(host.settings.lock_dir, fill_lock(host, key), on_wait=waiting):
+        volumes = host.vg.lvs()
+        if name in volumes:
+            if not volumes[name].active:
+                with host.metadata_lock():
+                    host.lvm(lvmargv.lvchange_argv(host.vg.name, name, activate=True))
+            return name
+        fill_cache(host, image, volumes)
+    return name
+
+
+def fill_cache(host: Host, image: ImageStat, volumes: Mapping[str, LogicalVolume]) -> None:
+    """Copy ``image`` into ``vaf-fill-<key>``, verify, make it read-only, rename it.
+
+    Runs under the image's fill lock. A fill LV of this key that still exists was left by a
+    filler that died (we hold its lock): remove it first.
+    """
+    key = image.key
+    fill = cache.fill_name(key)
+    if fill in volumes:
+        wait_until_closed(host, fill)
+    host.checkpoint("fill-start")
+    with host.metadata_lock():
+        volumes = host.vg.lvs()
+        if fill in volumes:
+            host.log.info(f"removing {fill}, left over by an interrupted fill")
+            host.lvm(lvmargv.lvremove_argv(host.vg.name, fill))
+            volumes = host.vg.lvs()
+        remove_stale_fills(host, volumes)
+        make_room(host, host.vg.lvs(), image.size_mb)
+        host.lvm(lvmargv.lvcreate_linear_argv(host.vg.name, fill, image.size_mb,
+                                              cache.cache_tags(image, now()), wipe=False))
+    host.checkpoint("after-create")
+    try:
+        copy_and_verify(host, image, host.vg.path(fill))
+        host.checkpoint("after-copy")
+    except BaseException:
+        discard(host, fill)
+        raise
+    with host.metadata_lock():
+        host.lvm(lvmargv.lvchange_argv(host.vg.name, fill, readonly=True))
+        host.checkpoint("before-rename")
+        host.lvm(lvmargv.lvrename_argv(host.vg.name, fill, cache.cache_name(key)))
+
+
+def copy_and_verify(host: Host, image: ImageStat, device: str) -> None:
+    started = time.monotonic()
+    host.log.info(f"filling cache from {image.path} ({image.size // MB} MB)")
+    copied = copy(host, image.path, device, image.size, f"filling cache from {image.path}")
+    host.checkpoint("after-dd")
+    if copied != image.size:
+        raise DriverError(f"copy of {image.path} incomplete: {copied} of {image.size} bytes")
+    if stat_image(image.path) != image:
+        raise DriverError(f"image {image.path} changed while it was being copied; retry")
+    if image.size % (4 * MB):
+        zero_tail(host, device, image.size)
+    seconds = time.monotonic() - started
+    host.log.info(f"filled cache from {image.path} in {seconds:.1f} s "
+                  f"({image.size / MB / max(seconds, 0.001):.0f} MB/s)")
+
+
+def discard(host: Host, name: str) -> None:
+    """Best-effort removal of a volume we created, after a failure."""
+    try:
+        with host.metadata_lock():
+            host.lvm(lvmargv.lvremove_argv(host.vg.name, name))
+    except CommandError as err:
+        host.log.error(f"could not remove {name}: {err.reason}")
+
+
+# --- VM disks made from a cache ------------------------------------------------------------
+
+def snapshot_argv(host: Host, origin: str, origin_mb: int, disk: str, tags: list[str]):
+    vg = host.vg.name
+    if host.settings.mode == "thin":
+        return lvmargv.lvcreate_thin_snapshot_argv(vg, host.settings.pool, origin, disk, tags)
+    cow = cache.classic_cow_mb(origin_mb, host.settings.cow_percent)
+    return lvmargv.lvcreate_classic_snapshot_argv(vg, origin, disk, cow, tags)
+
+
+def snapshot_cache(host: Host, origin: str, origin_mb: int, disk: str, tags: list[str]) -> bool:
+    """Make ``disk`` a snapshot of cache ``origin``; False if the cache is gone (evicted).
+
+    The hot path: one lvcreate under the lock. Rare cases (no pool yet, a volume left by a
+    failed earlier attempt, classic COW needing room) are handled after a first failure, so
+    the warm clone pays no extra lvm call for them.
+    """
+    with host.metadata_lock():
+        if not os.path.exists(host.vg.path(origin)):
+            return False
+        argv = snapshot_argv(host, origin, origin_mb, disk, tags)
+        try:
+            host.lvm(argv)
+            return True
+        except CommandError:
+            volumes = host.vg.lvs()
+            if origin not in volumes:
+                return False
+            remove_if_idle(host, volumes, disk)
+            if host.settings.mode == "thin":
+                ensure_pool(host, volumes)
+            else:
+                make_room(host, volumes, argv_size_mb(argv), keep=(origin,))
+        host.lvm(argv)
+        return True
+
+
+def argv_size_mb(argv: list[str]) -> int:
+    return int(argv[argv.index("-L") + 1].rstrip("m"))
+
+
+def grow(host: Host, disk: str, size_mb: int, current_mb: int) -> None:
+    """Grow a VM disk to ``size_mb`` (a DISK/SIZE larger than its image)."""
+    if size_mb <= current_mb:
+        return
+    if host.settings.mode == "classic":
+        raise DriverError(f"cannot make {disk} {size_mb} MB: a classic snapshot cannot be "
+                          f"larger than its {current_mb} MB image (use SNAPSHOT_MODE=thin)")
+    with host.metadata_lock():
+        host.lvm(lvmargv.lvextend_argv(host.vg.name, disk, size_mb))
+
+
+def vm_disk_tags(host: Host, image: ImageStat | None = None) -> list[str]:
+    tags = [cache.MARKER_TAG]
+    if image is not None:
+        tags.append(f"{cache.SRC_TAG}={image.path}")
+    return tags
+
+
+def clone(params: Mapping[str, Any], log: DriverLog) -> int:
+    """``clone``: a snapshot of the image's cache LV (filled on first use) as ``disk.<i>``."""
+    host = Host(params, log)
+    image = stat_image(host.param("src"))
+    dst = host.param("dst")
+    disk = cache.vm_disk_name(host.param("vmid", int), host.param("disk_id", int))
+    size_mb = max(host.optional("size_mb", int) or 0, image.size_mb)
+    prepare_vm_dir(dst)
+    origin = cache.cache_name(image.key)
+    tags = vm_disk_tags(host)
+    if not snapshot_cache(host, origin, image.size_mb, disk, tags):
+        ensure_cache(host, image)
+        if not snapshot_cache(host, origin, image.size_mb, disk, tags):
+            raise DriverError(f"cache {origin} vanished while cloning {image.path}")
+    grow(host, disk, size_mb, image.size_mb)
+    replace_symlink(host.vg.path(disk), dst)
+    return 0
+
+
+def ln(params: Mapping[str, Any], log: DriverLog) -> int:
+    """``ln`` (persistent image): a volume of its own, never shared, written back by mvds."""
+    host = Host(params, log)
+    image = stat_image(host.param("src"))
+    dst = host.param("dst")
+    disk = cache.vm_disk_name(host.param("vmid", int), host.param("disk_id", int))
+    size_mb = max(host.optional("size_mb", int) or 0, image.size_mb)
+    thin = host.thin_volatile
+    prepare_vm_dir(dst)
+    tags = vm_disk_tags(host, image) + [cache.PERSISTENT_TAG, f"{cache.BYTES_TAG}={image.size}"]
+    with host.metadata_lock():
+        volumes = host.vg.lvs()
+        remove_if_idle(host, volumes, disk)
+        create_volume(host, volumes, disk, size_mb, tags, thin)
+    device = host.vg.path(disk)
+    try:
+        copied = copy(host, image.path, device, image.size,
+                      f"copying persistent image {image.path}", sparse=thin)
+        if copied != image.size:
+            raise DriverError(f"copy of {image.path} incomplete: {copied} of {image.size} bytes")
+        if not thin:
+            zero_tail(host, device, image.size)
+    except BaseException:
+        discard(host, disk)
+        raise
+    replace_symlink(device, dst)
+    return 0
+
+
+def mkimage(params: Mapping[str, Any], log: DriverLog) -> int:
+    """``mkimage``/``mkswap``: a new volume, formatted as swap, a filesystem, or left raw."""
+    host = Host(params, log)
+    dst = host.param("dst")
+    disk = cache.vm_disk_name(host.param("vmid", int), host.param("disk_id", int))
+    size_mb = host.param("size_mb", int)
+    fs_type = host.optional("fs") or "raw"
+    thin = host.thin_volatile
+    prepare_vm_dir(dst)
+    with host.metadata_lock():
+        volumes = host.vg.lvs()
+        remove_if_idle(host, volumes, disk)
+        create_volume(host, volumes, disk, size_mb, vm_disk_tags(host), thin)
+    device = host.vg.path(disk)
+    try:
+        if fs_type == "swap":
+            host.runner.run(fs.mkswap_argv(device), sudo=True)
+        elif fs_type != "raw":
+            host.runner.run(fs.mkfs_argv(fs_type, device, thin=thin), sudo=True)
+    except BaseException:
+        discard(host, disk)
+        raise
+    replace_symlink(device, dst)
+    return 0
+
+
+# --- writing volumes back to the image datastore -------------------------------------------
+
+def write_back(host: Host, device: str, destination: str, count: int, what: str) -> None:
+    """Copy ``count`` bytes of ``device`` to ``destination`` atomically, owned by us.
+
+    dd runs as root but writes into a file we create first, so the image stays oneadmin's;
+    it appears under its name only once complete.
+    """
+    temporary = f"{destination}.vaf-tmp-{os.getpid()}"
+    try:
+        with open(temporary, "wb"):
+            pass
+        copied = copy(host, device, temporary, count, what, count_bytes=count, direct=False)
+        if copied != count:
+            raise DriverError(f"copy to {destination} incomplete: {copied} of {count} bytes")
+        os.truncate(temporary, count)
+        os.replace(temporary, destination)
+    except BaseException:
+        remove_path(temporary)
+        raise
+
+
+def disk_lv(host: Host, link: str) -> tuple[str, LogicalVolume, Mapping[str, LogicalVolume]]:
+    name = linked_lv(host, link)
+    volumes = host.vg.lvs()
+    if name is None or name not in volumes:
+        raise DriverError(f"{link} is not a disk in volume group {host.vg.name}")
+    return name, volumes[name], volumes
+
+
+def mvds(params: Mapping[str, Any], log: DriverLog) -> int:
+    """``mvds``: write a persistent disk back over its image, then drop the volume."""
+    host = Host(params, log)
+    src, dst = host.param("src"), host.param("dst")
+    name, lv, _ = disk_lv(host, src)
+    count = int(lv.tag(cache.BYTES_TAG) or lv.size_bytes)
+    write_back(host, host.vg.path(name), dst, count, f"saving {name} to {dst}")
+    with host.metadata_lock():
+        host.lvm(lvmargv.lvremove_argv(host.vg.name, name))
+    remove_path(src)
+    return 0
+
+
+def cpds(params: Mapping[str, Any], log: DriverLog) -> int:
+    """``cpds`` (disk-saveas): copy a disk's current content to a new image file."""
+    host = Host(params, log)
+    src, dst = host.param("src"), host.param("dst")
+    name, lv, _ = disk_lv(host, src)
+    write_back(host, host.vg.path(name), dst, lv.size_bytes, f"saving {name} to {dst}")
+    return 0
+
+
+# --- removing, moving, resizing --------------------------------------------------------------
+
+def remove_vm_volume(host: Host, volumes: Mapping[str, LogicalVolume], name: str) -> None:
+    """Remove a VM disk LV (never a cache) and mark its cache as just used (for LRU)."""
+    if cache.parse_vm_disk_name(name) is None:
+        raise DriverError(f"refusing to remove {host.vg.name}/{name}: not a VM disk")
+    lv = volumes.get(name)
+    if lv is None:
+        return
+    host.lvm(lvmargv.lvremove_argv(host.vg.name, name))
+    origin = volumes.get(lv.origin)
+    if origin is not None and cache.is_cache(origin):
+        old = [t for t in origin.tags if t.startswith(cache.USED_TAG + "=")]
+        host.lvm(lvmargv.lvchange_argv(host.vg.name, origin.name, del_tags=old,
+                                       add_tags=[f"{cache.USED_TAG}={now()}"]))
+
+
+def vm_links(directory: str) -> Iterator[str]:
+    try:
+        entries = sorted(os.listdir(directory))
+    except FileNotFoundError:
+        return
+    for entry in entries:
+        if entry.startswith("disk."):
+            yield os.path.join(directory, entry)
+
+
+def delete(params: Mapping[str, Any], log: DriverLog) -> int:
+    """``delete``: a disk (its LV, then the link) or the VM dir (its LVs, then the dir)."""
+    host = Host(params, log)
+    path = host.param("path")
+    links = [path] if host.param("is_disk", bool) else list(vm_links(path))
+    names = [n for n in (linked_lv(host, link) for link in links) if n]
+    if names:
+        with host.metadata_lock():
+            volumes = host.vg.lvs()
+            for name in names:
+                remove_vm_volume(host, volumes, name)
+    remove_path(path)
+    return 0
+
+
+def mv(params: Mapping[str, Any], log: DriverLog) -> int:
+    """``mv`` on one host: reactivate a disk in place, or move it / the VM dir to a new path."""
+    host = Host(params, log)
+    src, dst = host.param("src"), host.param("dst")
+    name = linked_lv(host, src) if host.param("is_disk", bool) else None
+    if name is not None:
+        with host.metadata_lock():
+            host.lvm(lvmargv.lvchange_argv(host.vg.name, name, activate=True))
+    if src != dst and os.path.lexists(src):
+        os.makedirs(os.path.dirname(dst), exist_ok=True)
+        os.replace(src, dst)
+    return 0
+
+
+def resize(params: Mapping[str, Any], log: DriverLog) -> int:
+    host = Host(params, log)
+    name, lv, _ = disk_lv(host, host.param("path"))
+    size_mb = host.param("size_mb", int)
+    if size_mb < lv.size_mb:
+        raise DriverError(f"cannot shrink {name} from {lv.size_mb} MB to {size_mb} MB")
+    if lv.is_classic_snapshot:
+        raise DriverError(f"{name} is a classic snapshot: it cannot grow past its image")
+    with host.metadata_lock():
+        host.lvm(lvmargv.lvextend_argv(host.vg.name, name, size_mb))
+        if cache.PERSISTENT_TAG in lv.tags:
+            old = [t for t in lv.tags if t.startswith(cache.BYTES_TAG + "=")]
+            host.lvm(lvmargv.lvchange_argv(host.vg.name, name, del_tags=old,
+                                           add_tags=[f"{cache.BYTES_TAG}={size_mb * MB}"]))
+    return 0
+
+
+def context(params: Mapping[str, Any], log: DriverLog) -> int:
+    """``context``: store the ISO the front-end built (our stdin) as ``disk.<N>``."""
+    host = Host(params, log)
+    dst = host.param("dst")
+    data = sys.stdin.buffer.read()
+    if not data:
+        raise ProtocolError("context: no ISO data on stdin")
+    prepare_vm_dir(dst)
+    temporary = f"{dst}.vaf-tmp-{os.getpid()}"
+    with open(temporary, "wb") as handle:
+        handle.write(data)
+    os.replace(temporary, dst)
+    return 0
+
+
+# --- live migration ---------------------------------------------------------------------------
+
+PREMIGRATE_RECORD = ".vaf-premigrate"
+
+
+def premigrate(params: Mapping[str, Any], log: DriverLog) -> int:
+    """On the destination: make every disk's volume exist and be active, linked as on the source.
+
+    The VG is host-local, so a volume missing here is created empty with the disk's size for
+    the hypervisor's storage copy to fill; the names created are recorded so failmigrate
+    removes exactly those.
+    """
+    host = Host(params, log)
+    sysdir = host.param("sysdir")
+    vmid = host.param("vmid", int)
+    disks = host.param("disks", list)
+    os.makedirs(sysdir, exist_ok=True)
+    created: list[str] = []
+    with host.metadata_lock():
+        volumes = host.vg.lvs()
+        for disk_id, size_mb in disks:
+            name = cache.vm_disk_name(vmid, disk_id)
+            if name in volumes:
+                host.lvm(lvmargv.lvchange_argv(host.vg.name, name, activate=True))
+            elif size_mb:
+                create_volume(host, volumes, name, size_mb, vm_disk_tags(host),
+                              host.thin_volatile)
+                created.append(name)
+            else:
+                continue
+            replace_symlink(host.vg.path(name), os.path.join(sysdir, f"disk.{disk_id}"))
+    with open(os.path.join(sysdir, PREMIGRATE_RECORD), "w", encoding="utf-8") as handle:
+        json.dump(created, handle)
+    prepare_vm_dir(os.path.join(sysdir, "disk.0"))
+    return 0
+
+
+def postmigrate(params: Mapping[str, Any], log: DriverLog) -> int:
+    """On the source: the VM now runs elsewhere, so drop its volumes and directory here.
+
+    ``.host`` names the host the VM runs on (premigrate rewrote it): when that is this very
+    machine (two names for one host), there is nothing to drop.
+    """
+    host = Host(params, log)
+    sysdir = host.param("sysdir")
+    if read_host_file(sysdir) == hostname():
+        log.info("the VM still runs on this host: nothing to clean")
+        return 0
+    vmid = host.param("vmid", int)
+    with host.metadata_lock():
+        volumes = host.vg.lvs()
+        for name in sorted(volumes):
+            parsed = cache.parse_vm_disk_name(name)
+            if parsed and parsed[0] == vmid:
+                remove_vm_volume(host, volumes, name)
+    remove_path(sysdir)
+    return 0
+
+
+def failmigrate(params: Mapping[str, Any], log: DriverLog) -> int:
+    """On the destination: undo premigrate (only the volumes it created)."""
+    host = Host(params, log)
+    sysdir = host.param("sysdir")
+    record = os.path.join(sysdir, PREMIGRATE_RECORD)
+    try:
+        with open(record, encoding="utf-8") as handle:
+            created = [n for n in json.load(handle) if isinstance(n, str)]
+    except (OSError, ValueError):
+        created = []
+    if created:
+        with host.metadata_lock():
+            volumes = host.vg.lvs()
+            for name in created:
+                remove_vm_volume(host, volumes, name)
+                remove_path(os.path.join(sysdir, "disk." + name.rsplit("-", 1)[1]))
+    remove_path(record)
+    return 0
+
+
+def read_host_file(sysdir: str) -> str | None:
+    try:
+        with open(os.path.join(sysdir, ".host"), encoding="utf-8") as handle:
+            return handle.read().strip()
+    except OSError:
+        return None
+
+
+# --- monitoring --------------------------------------------------------------------------------
+
+def monitor_lines(volumes: Mapping[str, LogicalVolume]) -> list[str]:
+    """Template lines for the fullness of thin pools and classic snapshots, and the cache."""
+    lines: list[str] = []
+    caches = [lv for lv in volumes.values() if cache.is_cache(lv)]
+    lines.append(f"LVMSNAP_CACHES={len(caches)}")
+    lines.append(f"LVMSNAP_CACHE_MB={sum(lv.size_mb for lv in caches)}")
+    for lv in sorted(volumes.values(), key=lambda v: v.name):
+        if lv.is_thin_pool:
+            lines.append(f'LVMSNAP_THIN_POOL=[NAME="{lv.name}",SIZE_MB="{lv.size_mb}",'
+                         f'DATA_PERCENT="{lv.data_percent or 0:.2f}",'
+                         f'METADATA_PERCENT="{lv.metadata_percent or 0:.2f}"]')
+        elif lv.is_classic_snapshot:
+            percent = 100.0 if lv.invalid else (lv.data_percent or 0.0)
+            lines.append(f'LVMSNAP_SNAPSHOT=[NAME="{lv.name}",ORIGIN="{lv.origin}",'
+                         f'DATA_PERCENT="{percent:.2f}"]')
+    return lines
+
+
+def fullness_warnings(volumes: Mapping[str, LogicalVolume], threshold: float) -> list[str]:
+    warnings = []
+    for lv in sorted(volumes.values(), key=lambda v: v.name):
+        if lv.is_thin_pool:
+            for what, value in (("data", lv.data_percent), ("metadata", lv.metadata_percent)):
+                if (value or 0) >= threshold:
+                    warnings.append(f"thin pool {lv.name} {what} is {value:.1f}% full")
+        elif lv.is_classic_snapshot and (lv.invalid or (lv.data_percent or 0) >= threshold):
+            state = "overflowed (invalid)" if lv.invalid else f"{lv.data_percent:.1f}% full"
+            warnings.append(f"snapshot {lv.name} is {state}")
+    return warnings
+
+
+def monitor(params: Mapping[str, Any], log: DriverLog) -> int:
+    host = Host(params, log)
+    usage = host.vg.usage()
+    volumes = host.vg.lvs()
+    threshold = float(params.get("warn_percent", 80))
+    for warning in fullness_warnings(volumes, threshold):
+        log.warn(warning)
+    print(f"USED_MB={usage.used_mb}")
+    print(f"FREE_MB={usage.free_mb}")
+    print(f"TOTAL_MB={usage.total_mb}")
+    for line in monitor_lines(volumes):
+        print(line)
+    return 0
+
+
+COMMANDS: dict[str, Callable[[Mapping[str, Any], DriverLog], int]] = {
+    "clone": clone,
+    "ln": ln,
+    "mkimage": mkimage,
+    "mvds": mvds,
+    "cpds": cpds,
+    "delete": delete,
+    "mv": mv,
+    "resize": resize,
+    "context": context,
+    "premigrate": premigrate,
+    "postmigrate": postmigrate,
+    "failmigrate": failmigrate,
+    "monitor": monitor,
+}
