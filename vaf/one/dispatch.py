@@ -29,10 +29,13 @@ DRIVERS: dict[tuple[str, str], str] = {
     ("hooks", "ebtables"): "vaf.drivers.isolation",  # the vaf-isolation state hook
     ("vnm", "vaf_isolation"): "vaf.drivers.isolation",
     ("vnm", "ebtables"): "vaf.drivers.isolation",  # installed under the old VN_MAD name
+    ("hooks", "cpu-priority"): "vaf.drivers.cpu",  # the vaf-cpu-priority RUNNING hook
 }
 
 #: program name of an extension (remotes/<kind>/<any>/<action>.d/<name>) -> module
-EXTENSIONS: dict[str, str] = {}
+EXTENSIONS: dict[str, str] = {
+    "vaf-cpu-priority": "vaf.drivers.cpu",  # vnm/<VN_MAD>/post.d/: CPU priority after deploy
+}
 
 STDIN_LIMIT = 16 * 1024 * 1024
 

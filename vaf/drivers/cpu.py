@@ -1,0 +1,210 @@
+"""CPU priority of KVM VMs: the template's class after deploy, squeeze/release by the admin.
+
+Two entry points run on the hypervisor after a VM starts, both idempotent (install one or both):
+
+* ``remotes/vnm/<VN_MAD>/post.d/vaf-cpu-priority``: the VNM extension step, run by stock
+  network drivers after deploy, restore and live migration, argv ``<deploy_id> <host>``,
+  stdin the base64 VM XML (synchronous; only for VMs with a NIC of that VN_MAD);
+* ``remotes/hooks/cpu-priority/vaf-cpu-priority``: a RUNNING state hook (``REMOTE=YES``,
+  ``ARGUMENTS=$TEMPLATE``, see ``share/hooks/cpu-priority.hook``): every VM, any network.
+
+Both read the class from the VM template attribute (``CPU_PRIORITY`` by default) and run
+``cpuctl.py apply --layer deploy`` as root through the runner. The classes and paths live in
+``<remotes>/etc/vaf/cpu-priority.conf``; the admin command (:mod:`vaf.drivers.cpu_cli`) reads
+the same file on the front-end. Stdlib only at import time: this runs on hypervisors.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from types import MappingProxyType
+
+from vaf.config import DriverConfig, load_config
+from vaf.errors import ConfigError, DriverError
+from vaf.host.cpu import Host, Priority
+from vaf.host.runner import DEFAULT_SSH, DEFAULT_SUDO, Result, Runner
+from vaf.one.dispatch import Invocation
+from vaf.one.log import DriverLog
+from vaf.one.xml import VM, decode_payload
+
+CONF = os.path.join("etc", "vaf", "cpu-priority.conf")
+CPUCTL = os.path.join("vaf", "lib", "vaf", "host", "cpuctl.py")  # relative to a remotes root
+
+#: classes when the conf file names none: nice of every thread, weight vs. the original
+DEFAULT_CLASSES = {
+    "interactive": "nice=-5 weight=400%",
+    "normal": "nice=0 weight=100%",
+    "batch": "nice=19 weight=10%",
+}
+
+
+def parse_class(label: str, text: str, where: str) -> Priority:
+    """``"nice=19 weight=10%"`` → a :class:`Priority` (weight optional: nice only)."""
+    values = {}
+    for word in text.split():
+        key, sep, value = word.partition("=")
+        if not sep or key not in ("nice", "weight") or key in values:
+            raise ConfigError(f"{where}: expected 'nice=N [weight=P%|weight=SHARES]', "
+                              f"got {text!r}")
+        values[key] = value
+    if "nice" not in values or not _is_int(values["nice"]):
+        raise ConfigError(f"{where}: nice must be an integer, got {text!r}")
+    return Priority(label, int(values["nice"]), values.get("weight", ""))
+
+
+def _is_int(text: str) -> bool:
+    return text.lstrip("-").isdigit() and text.count("-") <= 1
+
+
+@dataclass(frozen=True)
+class Settings:
+    attribute: str
+    classes: Mapping[str, Priority]
+    squeeze_class: str
+    host: Host  # state and pid directories on hypervisors
+    python: str
+    sudo: tuple[str, ...]
+    ssh: tuple[str, ...]
+    host_remotes: str  # the remotes tree on hypervisors (for the admin command)
+    onevm: tuple[str, ...]
+    parallel: int
+
+    @classmethod
+    def from_config(cls, config: DriverConfig) -> Settings:
+        names = [n.lower() for n in config.list("CLASSES", tuple(DEFAULT_CLASSES))]
+        classes = {}
+        for name in names:
+            key = f"CLASS_{name.upper()}"
+            text = config.str(key, DEFAULT_CLASSES.get(name, ""))
+            if not text:
+                raise ConfigError(f"{key} in {config.source} is missing: class {name!r} is "
+                                  f"listed in CLASSES")
+            classes[name] = parse_class(name, text, f"{key} in {config.source}")
+        squeeze = config.str("SQUEEZE_CLASS", "batch").lower()
+        if squeeze not in classes:
+            raise ConfigError(f"SQUEEZE_CLASS in {config.source} must be one of "
+                              f"{', '.join(classes)}, got {squeeze!r}")
+        defaults = Host()
+        return cls(attribute=config.str("ATTRIBUTE", "CPU_PRIORITY"),
+                   classes=MappingProxyType(classes), squeeze_class=squeeze,
+                   host=Host(state_dir=config.str("STATE_DIR", defaults.state_dir),
+                             pid_dir=config.str("PID_DIR", defaults.pid_dir)),
+                   python=config.str("PYTHON", "python3"),
+                   sudo=config.argv("SUDO", DEFAULT_SUDO), ssh=config.argv("SSH", DEFAULT_SSH),
+                   host_remotes=config.str("HOST_REMOTES", "/var/tmp/one"),
+                   onevm=config.argv("ONEVM", ("onevm",)),
+                   parallel=config.int("PARALLEL", 16, minimum=1, maximum=256))
+
+    @classmethod
+    def load(cls, path: str, environ: Mapping[str, str] | None = None) -> Settings:
+        return cls.from_config(load_config(path, environ))
+
+    @property
+    def runner(self) -> Runner:
+        return Runner(ssh=self.ssh, sudo_prefix=self.sudo)
+
+    def priority(self, label: str, where: str) -> Priority:
+        found = self.classes.get(label.strip().lower())
+        if found is None:
+            raise DriverError(f"{where} must be one of {', '.join(self.classes)}, "
+                              f"got {label!r}")
+        return found
+
+    def cpuctl(self, remotes: str, *args: str) -> list[str]:
+        """The host-side command line: ``python3 <remotes>/vaf/lib/vaf/host/cpuctl.py ...``."""
+        return [self.python, os.path.join(remotes, CPUCTL),
+                "--state-dir", self.host.state_dir, "--pid-dir", self.host.pid_dir, *args]
+
+
+def apply_args(priority: Priority, layer: str, vmids: Sequence[int]) -> list[str]:
+    return ["apply", "--layer", layer, "--label", priority.label, "--nice",
+            str(priority.nice), "--weight", priority.weight, *map(str, vmids)]
+
+
+def host_results(result: Result) -> list[dict]:
+    """The per-VM results cpuctl printed; a :class:`DriverError` if it printed none."""
+    try:
+        return json.loads(result.stdout)["vms"]
+    except (ValueError, KeyError, TypeError):
+        lines = [line for line in result.stderr.splitlines() if line.strip()]
+        where = f" on {result.host}" if result.host else ""
+        detail = lines[-1] if lines else f"exit code {result.returncode}"
+        raise DriverError(f"cpuctl{where} failed: {detail}") from None
+
+
+def describe(vm: dict) -> str:
+    """One line for a VM's result: what is in force now, or why nothing was done."""
+    status = vm["status"]
+    if status == "error":
+        return f"failed: {vm['reason']}"
+    if status == "gone":
+        text = "skipped: not running on this host"
+    elif vm.get("class"):
+        text = f"{status}: class {vm['class']}"
+    else:
+        text = f"{status}: original priority"
+    if "threads" in vm:
+        text += f", nice {vm['nice']} on {vm['threads']} threads"
+    if vm.get("thread_nice"):
+        text += ", threads by nice " + " ".join(f"{n}:{c}" for n, c in vm["thread_nice"].items())
+    weight = vm.get("weight")
+    if weight:
+        text += f", {os.path.basename(weight['file'])} {weight['value']}"
+    if "autogroup_nice" in vm:
+        text += f", autogroup nice {vm['autogroup_nice']}"
+    notes = [n for n in vm.get("notes", []) if not n.startswith("domain ")]
+    return text + "".join(f" ({note})" for note in notes)
+
+
+# --- the after-deploy step ------------------------------------------------------------------
+
+def settings_for(inv: Invocation) -> Settings:
+    return Settings.load(os.path.join(inv.remotes, CONF), inv.environ)
+
+
+def apply_template_class(vm: VM, inv: Invocation, log: DriverLog) -> int:
+    """Give a VM that just started the class its template names (no attribute: nothing)."""
+    log.vmid = vm.vm_id
+    settings = settings_for(inv)
+    label = vm.attribute(settings.attribute)
+    if not label:
+        return 0
+    priority = settings.priority(label, f"{settings.attribute} of VM {vm.vm_id}")
+    argv = settings.cpuctl(inv.remotes, *apply_args(priority, "deploy", [vm.vm_id]))
+    result = settings.runner.run(argv, sudo=True, check=False)
+    for line in result.stderr.splitlines():
+        if line.strip():
+            log.debug(f"cpuctl: {line.strip()}")
+    for outcome in host_results(result):
+        if outcome["status"] == "error":
+            raise DriverError(f"CPU priority {priority.label} for VM {vm.vm_id}: "
+                              f"{outcome['reason']}")
+        log.info(f"CPU priority {describe(outcome)}")
+    return 0
+
+
+def post(inv: Invocation, log: DriverLog) -> int:
+    """VNM ``post.d`` program: argv ``<deploy_id> <host>``, stdin the base64 VM XML."""
+    vm = VM.from_payload(inv.read_stdin("VM payload"))
+    return apply_template_class(vm, inv, log)
+
+
+def hook(inv: Invocation, log: DriverLog) -> int:
+    """RUNNING state hook: ``$TEMPLATE`` as the argument, or on stdin (``ARGUMENTS_STDIN``)."""
+    if inv.args:
+        payload: str | bytes = inv.args[0]
+    else:
+        payload = inv.read_stdin("hook template")
+    vm = VM.from_element(decode_payload(payload, "hook template ($TEMPLATE)"))
+    return apply_template_class(vm, inv, log)
+
+
+HOOK = "vaf-cpu-priority"
+
+ACTIONS = {
+    "post": post,  # remotes/vnm/<VN_MAD>/post.d/vaf-cpu-priority
+    HOOK: hook,  # remotes/hooks/cpu-priority/vaf-cpu-priority
+}
