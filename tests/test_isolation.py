@@ -1,0 +1,288 @@
+"""Ethernet isolation with real traffic: namespaces as VMs on a bridge, the real executables.
+
+Cluster A (two VMs, MAC prefix 02:00:0a:00:01), cluster B (one VM, prefix 02:00:0a:00:02)
+and a service host on the same bridge, all in 10.0.0.0/16 so that only the Ethernet rules
+can keep them apart. The service's MAC is an extra authorized MAC of cluster A (VM-wide on
+A1, per NIC on A2). Every scenario runs with both backends.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.support.netns import Lab, arp_frame
+from vaf.host.runner import Result
+from vaf.one.xml import encode_payload
+
+REPO = Path(__file__).resolve().parents[1]
+BACKENDS = ["ebtables", "nft"]
+
+pytestmark = pytest.mark.skipif(
+    os.geteuid() != 0 or not all(shutil.which(c) for c in ("nft", "ebtables", "ping", "ip")),
+    reason="needs root, nft, ebtables, ping and ip (scripts/deps/apt-isolation.txt)")
+
+
+@dataclass(frozen=True)
+class Machine:
+    name: str
+    vmid: int | None  # None: not a VM (the service host)
+    mac: str
+    ip: str
+
+    @property
+    def tap(self) -> str:
+        return f"one-{self.vmid}-0" if self.vmid is not None else f"{self.name}0"
+
+
+A1 = Machine("a1", 11, "02:00:0a:00:01:05", "10.0.1.5")
+A2 = Machine("a2", 12, "02:00:0a:00:01:06", "10.0.1.6")
+B1 = Machine("b1", 21, "02:00:0a:00:02:05", "10.0.2.5")
+SVC = Machine("svc", None, "02:00:0a:00:09:09", "10.0.9.9")
+VMS = (A1, A2, B1)
+UNUSED_A_MAC = "02:00:0a:00:01:07"  # in A's prefix, used by nobody: what a spoofer picks
+
+
+def nic_xml(nic_id: int, mac: str | None, target: str | None, ip: str | None = None,
+            vn_mad: str = "bridge", extra: str | None = None) -> str:
+    parts = [f"<NIC_ID>{nic_id}</NIC_ID>", "<NETWORK_ID>0</NETWORK_ID>",
+             f"<VN_MAD>{vn_mad}</VN_MAD>", "<BRIDGE>br0</BRIDGE>"]
+    parts += [f"<{tag}>{value}</{tag}>" for tag, value in
+              (("MAC", mac), ("TARGET", target), ("IP", ip), ("EXTRA_AUTHORIZED_MACS", extra))
+              if value is not None]
+    return "<NIC>" + "".join(parts) + "</NIC>"
+
+
+def vm_xml(vmid: int, nics: list[str], user_extra: str | None = None) -> str:
+    user = (f"<EXTRA_AUTHORIZED_MACS>{user_extra}</EXTRA_AUTHORIZED_MACS>"
+            if user_extra else "")
+    return (f"<VM><ID>{vmid}</ID><NAME>vm{vmid}</NAME><STATE>3</STATE><LCM_STATE>3</LCM_STATE>"
+            f"<TEMPLATE>{''.join(nics)}</TEMPLATE><USER_TEMPLATE>{user}</USER_TEMPLATE>"
+            "<HISTORY_RECORDS><HISTORY><HOSTNAME>node1</HOSTNAME></HISTORY></HISTORY_RECORDS>"
+            "</VM>")
+
+
+def machine_xml(machine: Machine, vn_mad: str = "bridge") -> str:
+    """A's VMs get the service's MAC as extra: VM-wide for A1, in the NIC for A2."""
+    nic = nic_xml(0, machine.mac, machine.tap, machine.ip, vn_mad,
+                  extra=SVC.mac if machine is A2 else None)
+    return vm_xml(machine.vmid, [nic], user_extra=SVC.mac if machine is A1 else None)
+
+
+@dataclass
+class Remotes:
+    """A remotes tree like /var/tmp/one on a hypervisor, with the repo's launcher."""
+
+    root: Path
+    lab: Lab
+    backend: str
+
+    @classmethod
+    def build(cls, root: Path, lab: Lab, backend: str) -> Remotes:
+        (root / "vaf").symlink_to(REPO / "remotes" / "vaf")
+        for kind, driver, names in (("hooks", "ebtables", ["vaf-isolation",
+                                                           "vaf-isolation-sweep"]),
+                                    ("vnm", "vaf_isolation", ["pre", "post", "clean"])):
+            (root / kind / driver).mkdir(parents=True)
+            for name in names:
+                (root / kind / driver / name).symlink_to("../../vaf/dispatch")
+            conf = root / "etc" / kind / driver / f"{driver}.conf"
+            conf.parent.mkdir(parents=True)
+            conf.write_text(f"BACKEND={backend}\nVN_MADS=bridge vaf_isolation\n")
+        return cls(root, lab, backend)
+
+    def execute(self, relative: str, args: list[str], stdin: str | None = None,
+                env: tuple[str, ...] = ()) -> Result:
+        argv = ["env", *env, str(self.root / relative), *args] if env else \
+            [str(self.root / relative), *args]
+        return self.lab.run(self.lab.host, argv, check=False, input=stdin)
+
+    def hook(self, xml: str, mode: str, **kwargs) -> Result:
+        return self.execute("hooks/ebtables/vaf-isolation", [encode_payload(xml), mode],
+                            **kwargs)
+
+    def isolate(self, *machines: Machine) -> None:
+        for machine in machines:
+            result = self.hook(machine_xml(machine), "apply")
+            assert result.returncode == 0, result.stderr
+
+    def sweep(self) -> Result:
+        return self.execute("hooks/ebtables/vaf-isolation-sweep", [])
+
+    def ruleset(self) -> str:
+        command = (["nft", "list", "ruleset"] if self.backend == "nft"
+                   else ["ebtables", "--concurrent", "-L"])
+        return self.lab.run(self.lab.host, command).stdout
+
+
+@pytest.fixture
+def lab():
+    lab = Lab()
+    try:
+        lab.start()
+        for machine in (*VMS, SVC):
+            lab.add_machine(machine.name, machine.tap, machine.mac, f"{machine.ip}/16")
+        yield lab
+    finally:
+        lab.close()
+
+
+@pytest.fixture(params=BACKENDS)
+def remotes(request, tmp_path, lab) -> Remotes:
+    return Remotes.build(tmp_path, lab, request.param)
+
+
+def reasons(result: Result) -> list[str]:
+    """The untagged stderr lines: what oned turns into the failure reason."""
+    tags = ("ERROR: ", "WARN: ", "INFO: ", "DEBUG: ")
+    return [line for line in result.stderr.splitlines()
+            if line.strip() and not line.startswith(tags)]
+
+
+def reachability(lab: Lab, pairs) -> dict[str, bool]:
+    return {f"{src.name}->{dst.name}": lab.ping(src.name, dst.ip) for src, dst in pairs}
+
+
+# -- traffic --------------------------------------------------------------------------------
+
+def test_clusters_are_isolated_but_reach_their_service(lab, remotes):
+    assert lab.ping(A1.name, B1.ip), "control: without rules the bridge connects everybody"
+    remotes.isolate(*VMS)
+    expected = {"a1->a2": True, "a2->a1": True,  # broadcast ARP and unicast inside A
+                "a1->svc": True, "svc->a2": True,  # the extra authorized MAC
+                "a1->b1": False, "b1->a2": False,  # between clusters
+                "b1->svc": False, "svc->b1": False}  # B has no extra MAC
+    pairs = [(A1, A2), (A2, A1), (A1, SVC), (SVC, A2), (A1, B1), (B1, A2), (B1, SVC),
+             (SVC, B1)]
+    assert reachability(lab, pairs) == expected
+
+
+def test_spoofed_source_mac_is_dropped(lab, remotes):
+    remotes.isolate(*VMS)
+    lab.set_mac(A1.name, UNUSED_A_MAC)  # inside A's range: only the port's own MAC is allowed
+    assert reachability(lab, [(A1, A2), (A1, SVC)]) == {"a1->a2": False, "a1->svc": False}
+    lab.set_mac(A1.name, A1.mac)
+    assert lab.ping(A1.name, A2.ip)
+
+
+def test_spoofed_arp_is_dropped(lab, remotes):
+    remotes.isolate(*VMS)
+    frames = [arp_frame(A1.mac, A1.mac, A1.ip, "10.0.1.200"),  # honest
+              arp_frame(A1.mac, UNUSED_A_MAC, A1.ip, "10.0.1.200"),  # claims another MAC
+              arp_frame(A1.mac, A1.mac, A2.ip, "10.0.1.200"),  # claims A2's address
+              arp_frame(A1.mac, A1.mac, "0.0.0.0", "10.0.1.200")]  # RFC 5227 probe
+    assert lab.frames_received(A1.name, A2.name, frames) == [True, False, False, True]
+
+
+# -- rule life cycle ------------------------------------------------------------------------
+
+def test_apply_twice_changes_nothing(lab, remotes):
+    remotes.isolate(*VMS)
+    before = remotes.ruleset()
+    remotes.isolate(A1)
+    assert remotes.ruleset() == before
+
+
+def test_clean_removes_exactly_that_vm(lab, remotes):
+    remotes.isolate(*VMS)
+    for _ in range(2):  # a second clean finds nothing and succeeds
+        result = remotes.hook(machine_xml(A1), "clean")
+        assert result.returncode == 0, result.stderr
+    rules = remotes.ruleset()
+    assert A1.tap not in rules
+    assert A2.tap in rules and B1.tap in rules
+    assert reachability(lab, [(A2, SVC), (A2, B1)]) == {"a2->svc": True, "a2->b1": False}
+
+
+def test_sweep_removes_the_rules_of_vanished_taps(lab, remotes):
+    remotes.isolate(*VMS)
+    lab.remove_port(A2.tap)  # the VM died and nobody ran clean
+    result = remotes.sweep()
+    assert result.returncode == 0, result.stderr
+    assert f"removed the rules of 1 vanished taps: {A2.tap}" in result.stderr
+    rules = remotes.ruleset()
+    assert A2.tap not in rules
+    assert A1.tap in rules and B1.tap in rules
+    assert not lab.ping(A1.name, B1.ip)
+
+
+# -- bad input: one reason line, non-zero exit, nothing touched -------------------------------
+
+BAD_INPUT = {
+    "bad MAC": vm_xml(30, [nic_xml(0, "02:00:0a:00:01:zz", "one-30-0")]),
+    "missing TARGET": vm_xml(30, [nic_xml(0, "02:00:0a:00:01:08", None)]),
+    "bad extra MAC": vm_xml(30, [nic_xml(0, "02:00:0a:00:01:08", "one-30-0")], "02:00:0a"),
+    "tap name with a wildcard": vm_xml(30, [nic_xml(0, "02:00:0a:00:01:08", "one+")]),
+    "malformed XML": "<VM><ID>30</ID><TEMPLATE>",
+}
+# lxml parses a DTD without resolving it; the stdlib fallback refuses any (see vaf/one/xml.py)
+WITH_DTD = '<!DOCTYPE VM [<!ENTITY x "y">]><VM><ID>30</ID></VM>'
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUT))
+def test_bad_input_fails_with_one_reason_and_touches_nothing(lab, remotes, case):
+    remotes.isolate(A1)
+    before = remotes.ruleset()
+    # one good NIC before the bad one: it must not be isolated either
+    xml = BAD_INPUT[case].replace("<TEMPLATE>", "<TEMPLATE>" + nic_xml(
+        1, "02:00:0a:00:01:09", "one-30-1"), 1)
+    result = remotes.hook(xml, "apply")
+    assert result.returncode != 0
+    assert len(reasons(result)) == 1, result.stderr
+    assert remotes.ruleset() == before
+
+
+def test_hook_rejects_a_payload_that_is_not_base64(lab, remotes):
+    result = remotes.execute("hooks/ebtables/vaf-isolation", ["not base64!", "apply"])
+    assert result.returncode == 2
+    assert len(reasons(result)) == 1 and "not valid base64" in reasons(result)[0]
+
+
+# -- the VNM driver form and the hypervisor's python -----------------------------------------
+
+def test_vnm_post_and_clean_isolate_the_nics_of_their_vn_mad(lab, remotes):
+    xml = vm_xml(40, [nic_xml(0, A1.mac, A1.tap, A1.ip, vn_mad="vaf_isolation"),
+                      nic_xml(1, "02:00:0a:00:05:05", "one-40-1", vn_mad="ovswitch")],
+                 user_extra=SVC.mac)
+    payload = encode_payload(xml) + "\n"
+    assert remotes.execute("vnm/vaf_isolation/pre", [], stdin=payload).returncode == 0
+    result = remotes.execute("vnm/vaf_isolation/post", ["deploy-uuid", "node1"], stdin=payload)
+    assert result.returncode == 0, result.stderr
+    assert "INFO: 40 vaf_isolation/post: isolated one-11-0" in result.stderr
+    rules = remotes.ruleset()
+    assert A1.tap in rules and "one-40-1" not in rules
+    assert reachability(lab, [(A1, SVC), (A1, B1)]) == {"a1->svc": True, "a1->b1": False}
+    result = remotes.execute("vnm/vaf_isolation/clean", ["node1"], stdin=payload)
+    assert result.returncode == 0, result.stderr
+    assert A1.tap not in remotes.ruleset()
+    assert lab.ping(A1.name, B1.ip)
+
+
+def test_vnm_clean_on_nic_detach_removes_only_that_nic(lab, remotes):
+    nics = [nic_xml(0, A1.mac, A1.tap, vn_mad="vaf_isolation"),
+            nic_xml(1, "02:00:0a:00:01:15", "one-11-1", vn_mad="vaf_isolation")]
+    payload = encode_payload(vm_xml(11, nics))
+    assert remotes.execute("vnm/vaf_isolation/post", ["d", "h"], stdin=payload).returncode == 0
+    detach = nics[1].replace("</NIC>", "<ATTACH>YES</ATTACH></NIC>")
+    result = remotes.execute("vnm/vaf_isolation/clean", ["h"],
+                             stdin=encode_payload(vm_xml(11, [nics[0], detach])))
+    assert result.returncode == 0, result.stderr
+    rules = remotes.ruleset()
+    assert "one-11-1" not in rules and A1.tap in rules
+
+
+def test_host_side_runs_without_lxml(lab, remotes, tmp_path):
+    """Hypervisors have Debian's python3 alone: the stdlib parser must serve the hook."""
+    blocker = tmp_path / "blocked" / "lxml"
+    blocker.mkdir(parents=True)
+    (blocker / "__init__.py").write_text("raise ImportError('no lxml on a hypervisor')\n")
+    env = (f"PYTHONPATH={blocker.parent}",)
+    result = remotes.hook(machine_xml(A1), "apply", env=env)
+    assert result.returncode == 0, result.stderr
+    assert A1.tap in remotes.ruleset()
+    result = remotes.hook(WITH_DTD, "apply", env=env)
+    assert result.returncode == 2 and "DTD" in reasons(result)[0]
