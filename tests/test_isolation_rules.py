@@ -1,0 +1,234 @@
+"""Isolation rule builders and policy derivation: pure functions, table-driven."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.test_isolation import nic_xml, vm_xml
+from vaf.config import DriverConfig
+from vaf.drivers.isolation import Settings, port_policy, selected_nics
+from vaf.errors import ConfigError, ProtocolError
+from vaf.host import ebtables, nft
+from vaf.host.netfilter import MacRange, PortPolicy, parse_mac, parse_macs, taps_of_vm
+from vaf.one.xml import VM, parse_xml
+
+POLICY = PortPolicy(tap="one-7-0", mac="02:00:0a:00:01:05", ip="10.0.1.5",
+                    network="p02000a0001", ranges=(MacRange.prefix_of("02:00:0a:00:01:05"),),
+                    extra_macs=("02:00:0a:00:09:09",))
+
+
+@pytest.mark.parametrize("text, value", [
+    ("02:00:0a:00:01:05", 0x02000A000105),
+    ("2:0:a:0:1:5", 0x02000A000105),  # as ebtables -L prints it
+    ("FF:FF:FF:FF:FF:FF", 0xFFFFFFFFFFFF),
+])
+def test_parse_mac(text, value):
+    assert parse_mac(text) == value
+
+
+@pytest.mark.parametrize("text", ["", "02:00:0a:00:01", "02:00:0a:00:01:05:06", "02-00-0a-00-01-05",
+                                  "02:00:0a:00:01:zz", "020:00:0a:00:01:05", " ; rm -rf /"])
+def test_parse_mac_refuses(text):
+    with pytest.raises(ProtocolError, match="is not a MAC address"):
+        parse_mac(text)
+
+
+def test_parse_macs_normalizes_and_dedups():
+    assert parse_macs("2:0:a:0:9:9, 02:00:0A:00:09:09 02:00:0a:00:09:0a", "x") == (
+        "02:00:0a:00:09:09", "02:00:0a:00:09:0a")
+
+
+@pytest.mark.parametrize("text, masks", [
+    ("02:00:0a:00:01:00-02:00:0a:00:01:ff", [("02:00:0a:00:01:00", "ff:ff:ff:ff:ff:00")]),
+    ("02:00:0a:00:01:05", [("02:00:0a:00:01:05", "ff:ff:ff:ff:ff:ff")]),
+    ("02:00:0a:00:01:00-02:00:0a:00:02:ff", [("02:00:0a:00:01:00", "ff:ff:ff:ff:ff:00"),
+                                             ("02:00:0a:00:02:00", "ff:ff:ff:ff:ff:00")]),
+    ("02:00:0a:00:01:fe-02:00:0a:00:02:01", [("02:00:0a:00:01:fe", "ff:ff:ff:ff:ff:fe"),
+                                             ("02:00:0a:00:02:00", "ff:ff:ff:ff:ff:fe")]),
+    ("00:00:00:00:00:00-00:00:00:00:00:02", [("00:00:00:00:00:00", "ff:ff:ff:ff:ff:fe"),
+                                             ("00:00:00:00:00:02", "ff:ff:ff:ff:ff:ff")]),
+])
+def test_mac_range_masks_cover_exactly(text, masks):
+    mac_range = MacRange.parse(text)
+    assert mac_range.masks() == masks
+    covered = sum(1 << (48 - bin(parse_mac(mask)).count("1")) for _, mask in masks)
+    assert covered == mac_range.last - mac_range.first + 1
+
+
+def test_mac_range_refuses_reversed():
+    with pytest.raises(ProtocolError, match="ends before it starts"):
+        MacRange.parse("02:00:0a:00:01:ff-02:00:0a:00:01:00")
+
+
+def test_prefix_range_is_the_first_five_octets():
+    assert str(MacRange.prefix_of("02:00:0a:00:01:05")) == "02:00:0a:00:01:00-02:00:0a:00:01:ff"
+
+
+def test_taps_of_vm_match_exactly():
+    # OpenNebula's driver matched `\w+` and took "one" as the tap of every VM
+    taps = {"one-1-0", "one-1-1", "one-10-0", "one-11-0", "one-1-0x", "xone-1-0", "one-1"}
+    assert taps_of_vm(taps, 1) == {"one-1-0", "one-1-1"}
+
+
+# -- ebtables ---------------------------------------------------------------------------------
+
+def test_ebtables_first_apply_creates_dispatch_chain_and_jumps():
+    lines = ebtables.apply_batch([POLICY], None).splitlines()
+    assert lines == [
+        "*filter",
+        "-N VAF -P RETURN", "-I FORWARD 1 -j VAF", "-I INPUT 1 -j VAF",
+        "-N VAF-O-one-7-0 -P RETURN",
+        "-A VAF-O-one-7-0 -s ! 02:00:0a:00:01:05 -j DROP",
+        "-A VAF-O-one-7-0 -p ARP --arp-mac-src ! 02:00:0a:00:01:05 -j DROP",
+        "-A VAF-O-one-7-0 -p ARP --arp-ip-src 10.0.1.5 -j RETURN",
+        "-A VAF-O-one-7-0 -p ARP --arp-ip-src 0.0.0.0 -j RETURN",
+        "-A VAF-O-one-7-0 -p ARP -j DROP",
+        "-N VAF-I-one-7-0 -P RETURN",
+        "-A VAF-I-one-7-0 -s 02:00:0a:00:01:00/ff:ff:ff:ff:ff:00 -j RETURN",
+        "-A VAF-I-one-7-0 -s 02:00:0a:00:09:09 -j RETURN",
+        "-A VAF-I-one-7-0 -j DROP",
+        "-A VAF -i one-7-0 -j VAF-O-one-7-0",
+        "-A VAF -o one-7-0 -j VAF-I-one-7-0",
+        "COMMIT"]
+
+
+@pytest.mark.parametrize("isolated, creates", [
+    (set(), True),  # VAF exists, the port is new: chains and jumps created
+    ({"one-7-0"}, False),  # re-apply: chains flushed and refilled, no second jump
+])
+def test_ebtables_reapply_refills_without_new_jumps(isolated, creates):
+    lines = ebtables.apply_batch([POLICY], isolated).splitlines()
+    assert ("-N VAF -P RETURN" in lines) is False
+    assert ("-N VAF-I-one-7-0 -P RETURN" in lines) is creates
+    assert ("-F VAF-I-one-7-0" in lines) is not creates
+    assert ("-A VAF -o one-7-0 -j VAF-I-one-7-0" in lines) is creates
+
+
+def test_ebtables_without_ip_has_no_arp_ip_rules():
+    policy = PortPolicy("one-7-0", POLICY.mac, None, POLICY.network, POLICY.ranges)
+    assert not any("--arp-ip-src" in rule for rule in ebtables.out_rules(policy))
+
+
+def test_ebtables_clean_batches():
+    assert ebtables.unhook_batch(["one-7-0"]).splitlines()[1:-1] == [
+        "-D VAF -i one-7-0 -j VAF-O-one-7-0", "-D VAF -o one-7-0 -j VAF-I-one-7-0",
+        "-F VAF-O-one-7-0", "-F VAF-I-one-7-0"]
+    assert ebtables.delete_chains_batch(ebtables.port_chains(["one-7-0"])).splitlines()[1:-1] \
+        == ["-X VAF-I-one-7-0", "-X VAF-O-one-7-0"]
+
+
+def test_ebtables_dispatch_listing_is_parsed_by_exact_names():
+    listing = ("Bridge table: filter\n\nBridge chain: VAF, entries: 5, policy: RETURN\n"
+               "-i one-7-0 -j VAF-O-one-7-0\n-o one-7-0 -j VAF-I-one-7-0\n"
+               "-i one-70-0 -j VAF-O-one-70-0\n-o one-7-1 -j DROP\n-i x -j VAF-O-y\n")
+    assert ebtables.parse_dispatch(listing) == {"one-7-0", "one-70-0"}
+    assert ebtables.parse_chains(listing) == {"VAF"}
+
+
+# -- nftables ---------------------------------------------------------------------------------
+
+def test_nft_apply_script():
+    lines = nft.Script().apply([POLICY]).splitlines()
+    t = "bridge vaf_isolation"
+    for expected in [
+        f"add set {t} net_p02000a0001 {{ type ether_addr; flags interval; auto-merge; }}",
+        f"flush set {t} net_p02000a0001",
+        f"add element {t} net_p02000a0001 {{ 02:00:0a:00:01:00-02:00:0a:00:01:ff }}",
+        f"add element {t} extra_one-7-0 {{ 02:00:0a:00:09:09 }}",
+        f"add rule {t} in_one-7-0 ether saddr @net_p02000a0001 return",
+        f"add rule {t} in_one-7-0 drop",
+        f"add rule {t} out_one-7-0 ether saddr != 02:00:0a:00:01:05 drop",
+        f"add rule {t} out_one-7-0 ether type arp arp saddr ether != 02:00:0a:00:01:05 drop",
+        f"add rule {t} out_one-7-0 ether type arp arp saddr ip != {{ 10.0.1.5, 0.0.0.0 }} drop",
+        f'add element {t} in_ports {{ "one-7-0" : jump in_one-7-0 }}',
+    ]:
+        assert expected in lines
+    # flushing before refilling is what makes a second apply exact
+    assert lines.index(f"flush chain {t} in_one-7-0") < lines.index(
+        f"add rule {t} in_one-7-0 drop")
+
+
+def test_nft_script_size_does_not_depend_on_other_vms():
+    one = nft.Script().apply([POLICY])
+    other = PortPolicy("one-8-0", "02:00:0a:00:01:06", None, POLICY.network, POLICY.ranges)
+    assert "one-8-0" not in one
+    assert len(nft.Script().remove(["one-7-0"]).splitlines()) == len(
+        nft.Script().remove([other.tap]).splitlines())
+
+
+def test_nft_remove_adds_before_deleting():
+    lines = nft.Script().remove(["one-7-0"]).splitlines()
+    t = "bridge vaf_isolation"
+    assert lines.index(f'add element {t} in_ports {{ "one-7-0" : jump in_one-7-0 }}') < \
+        lines.index(f'delete element {t} in_ports {{ "one-7-0" }}')
+    assert lines[-1] == f"delete set {t} extra_one-7-0"
+
+
+def test_nft_listing_parsers():
+    listing = ('{"nftables": [{"metainfo": {}}, {"map": {"name": "in_ports", "elem": '
+               '[["one-7-0", {"jump": {"target": "in_one-7-0"}}]]}}]}')
+    assert nft.parse_map_keys(listing) == {"one-7-0"}
+    table = ("table bridge vaf_isolation {\n\tset net_pa {\n\t}\n\tset net_pb {\n\t}\n"
+             "\tchain in_x {\n\t\tether saddr @net_pa return\n\t}\n}\n")
+    assert nft.unused_network_sets(table) == {"net_pb"}
+
+
+# -- policies from the VM template ---------------------------------------------------------------
+
+def settings(**values) -> Settings:
+    return Settings.from_config(DriverConfig(values, "test.conf"), "/var/tmp/one")
+
+
+def vm(xml: str) -> VM:
+    return VM.from_element(parse_xml(xml))
+
+
+def test_policy_defaults_to_the_mac_prefix_and_merges_extra_macs():
+    nic = nic_xml(0, "02:00:0A:00:01:05", "one-7-0", "10.0.1.5",
+                  extra="02:00:0a:00:09:0a,02:00:0a:00:09:09")
+    machine = vm(vm_xml(7, [nic], user_extra="02:00:0a:00:09:09"))
+    policy = port_policy(machine, machine.nics[0], settings())
+    assert policy == PortPolicy("one-7-0", "02:00:0a:00:01:05", "10.0.1.5", "p02000a0001",
+                                (MacRange.prefix_of("02:00:0a:00:01:05"),),
+                                ("02:00:0a:00:09:09", "02:00:0a:00:09:0a"))
+
+
+def test_policy_uses_configured_ranges_of_its_network():
+    machine = vm(vm_xml(7, [nic_xml(0, "02:00:0a:00:01:05", "one-7-0")]))  # NETWORK_ID 0
+    conf = settings(NETWORK_MAC_RANGES_0="02:00:0a:00:01:00-02:00:0a:00:03:ff 02:00:0b:00:00:01")
+    policy = port_policy(machine, machine.nics[0], conf)
+    assert policy.network == "n0"
+    assert [str(r) for r in policy.ranges] == ["02:00:0a:00:01:00-02:00:0a:00:03:ff",
+                                               "02:00:0b:00:00:01"]
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"NETWORK_MAC_RANGES_x": "02:00:0a:00:01:00"}, "expected NETWORK_MAC_RANGES_<network id>"),
+    ({"NETWORK_MAC_RANGES_1": "02:00:0a"}, "is not a MAC address"),
+    ({"NETWORK_MAC_RANGES_1": ""}, "lists no MAC range"),
+    ({"BACKEND": "iptables"}, "must be one of ebtables, nft"),
+])
+def test_bad_conf(values, message):
+    with pytest.raises(ConfigError, match=message):
+        settings(**values)
+
+
+@pytest.mark.parametrize("nic, message", [
+    (nic_xml(0, None, "one-7-0"), "MAC '' is not a MAC address"),
+    (nic_xml(0, "02:00:0a:00:01:05", None), "has no TARGET"),
+    (nic_xml(0, "02:00:0a:00:01:05", "-j ACCEPT"), "is not a usable interface name"),
+    (nic_xml(0, "02:00:0a:00:01:05", "averyveryverylongtap"), "is not a usable interface"),
+    (nic_xml(0, "02:00:0a:00:01:05", "one-7-0", "10.0.1"), "is not an IPv4 address"),
+    (nic_xml(0, "02:00:0a:00:01:05", "one-7-0", extra="x"), "EXTRA_AUTHORIZED_MACS item"),
+])
+def test_bad_nic(nic, message):
+    machine = vm(vm_xml(7, [nic]))
+    with pytest.raises(ProtocolError, match=message):
+        port_policy(machine, machine.nics[0], settings())
+
+
+def test_selected_nics_by_vn_mad():
+    machine = vm(vm_xml(7, [nic_xml(0, "02:00:0a:00:01:05", "one-7-0", vn_mad="bridge"),
+                            nic_xml(1, "02:00:0a:00:01:06", "one-7-1", vn_mad="ovswitch")]))
+    assert [n.nic_id for n in selected_nics(machine, ("bridge",))] == [0]
+    assert [n.nic_id for n in selected_nics(machine, ())] == [0, 1]
