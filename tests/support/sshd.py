@@ -80,6 +80,7 @@ class Sshd:
 
     def stop(self) -> None:
         stop_pid(read_pid(self.dir / "sshd.pid"))
+        shutil.rmtree(self.dir, ignore_errors=True)
 
     def log(self) -> str:
         path = self.dir / "sshd.log"
