@@ -14,6 +14,7 @@ import click
 SUBCOMMANDS: dict[str, str] = {
     "isolation": "vaf.drivers.isolation_cli:isolation",
     "gate": "vaf.gate.cli:gate",
+    "cpu": "vaf.drivers.cpu_cli:cpu",
 }
 
 

@@ -124,15 +124,23 @@ def apply_args(priority: Priority, layer: str, vmids: Sequence[int]) -> list[str
             str(priority.nice), "--weight", priority.weight, *map(str, vmids)]
 
 
+def report_of(stdout: str) -> list[dict] | None:
+    """The per-VM results in cpuctl's JSON output, or None if there is no such output."""
+    try:
+        return json.loads(stdout)["vms"]
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
 def host_results(result: Result) -> list[dict]:
     """The per-VM results cpuctl printed; a :class:`DriverError` if it printed none."""
-    try:
-        return json.loads(result.stdout)["vms"]
-    except (ValueError, KeyError, TypeError):
+    report = report_of(result.stdout)
+    if report is None:
         lines = [line for line in result.stderr.splitlines() if line.strip()]
         where = f" on {result.host}" if result.host else ""
         detail = lines[-1] if lines else f"exit code {result.returncode}"
-        raise DriverError(f"cpuctl{where} failed: {detail}") from None
+        raise DriverError(f"cpuctl{where} failed: {detail}")
+    return report
 
 
 def describe(vm: dict) -> str:
