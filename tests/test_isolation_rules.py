@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from tests.test_isolation import nic_xml, vm_xml
 from vaf.config import DriverConfig
-from vaf.drivers.isolation import Settings, port_policy, selected_nics
+from vaf.drivers.isolation import ACTIONS, VNM_ACTIONS, Settings, port_policy, selected_nics
 from vaf.errors import ConfigError, ProtocolError
 from vaf.host import ebtables, nft
 from vaf.host.netfilter import MacRange, PortPolicy, parse_mac, parse_macs, taps_of_vm
+from vaf.one.dispatch import locate, resolve
 from vaf.one.xml import VM, parse_xml
 
 POLICY = PortPolicy(tap="one-7-0", mac="02:00:0a:00:01:05", ip="10.0.1.5",
@@ -232,3 +235,34 @@ def test_selected_nics_by_vn_mad():
                             nic_xml(1, "02:00:0a:00:01:06", "one-7-1", vn_mad="ovswitch")]))
     assert [n.nic_id for n in selected_nics(machine, ("bridge",))] == [0]
     assert [n.nic_id for n in selected_nics(machine, ())] == [0, 1]
+
+
+# -- what ships: remotes files and hook templates ------------------------------------------------
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("relative", [
+    *(f"vnm/vaf_isolation/{action}" for action in VNM_ACTIONS),
+    "hooks/ebtables/vaf-isolation", "hooks/ebtables/vaf-isolation-sweep"])
+def test_every_executable_is_the_launcher_and_is_served(relative):
+    path = REPO / "remotes" / relative
+    assert path.is_symlink() and path.resolve() == (REPO / "remotes/vaf/dispatch").resolve()
+    inv = locate(str(path), [])
+    assert resolve(inv) is ACTIONS[inv.action]
+
+
+def hook_template(path: Path) -> dict[str, str]:
+    pairs = (line.split("=", 1) for line in path.read_text().splitlines()
+             if line.strip() and not line.startswith("#"))
+    return {key.strip(): value.strip().strip('"') for key, value in pairs}
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "share/hooks").glob("vaf-isolation-*.hook")),
+                         ids=lambda p: p.name)
+def test_hook_templates_call_the_hook_remotely(path):
+    template = hook_template(path)
+    mode = "apply" if template["ON"] == "RUNNING" else "clean"
+    assert template["TYPE"] == "state" and template["RESOURCE"] == "VM"
+    assert template["REMOTE"] == "YES" and template["ARGUMENTS"] == f"$TEMPLATE {mode}"
+    assert (REPO / "remotes/hooks" / template["COMMAND"]).is_symlink()
