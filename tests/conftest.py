@@ -1,1 +1,2 @@
 """Shared pytest set-up: fixtures live in tests/support/ and are imported here."""
+from support.testbed import testbed  # noqa: F401
