@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from support.sshd_daemons import free_port, port_open, read_pid, stop_pid, wait_for
-
 from vaf.host.runner import Runner
 
 SSHD = "/usr/sbin/sshd"
