@@ -1,0 +1,144 @@
+"""The TORQUE stand-in reproduces the documented qmgr behaviour; the backends and the
+gate's outer shell (config, exit codes, output streams) are checked against it."""
+
+from __future__ import annotations
+
+import ipaddress
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from support.fake_qmgr import make_home
+
+from vaf.cli import main as vaf_main
+from vaf.gate.backends import ADDED, PRESENT, BatchFailed, SlurmBackend, TorqueBackend
+from vaf.gate.gate import serve
+from vaf.gate.grammar import JoinRequest
+from vaf.host.runner import Runner
+
+FAKE_QMGR = Path(__file__).parent / "support" / "fake_qmgr.py"
+ADDRESS = ipaddress.ip_address("10.0.0.5")
+
+
+@pytest.fixture
+def server(tmp_path):
+    home = make_home(str(tmp_path / "torque"))
+    hosts = tmp_path / "hosts"
+    hosts.write_text("10.0.0.5 w1\n10.0.0.6 w2 w2.vaf\n")
+    qmgr = [sys.executable, str(FAKE_QMGR), "--home", home, "--hosts", str(hosts)]
+
+    def run(*args, stdin=""):
+        done = subprocess.run(qmgr + list(args), input=stdin, capture_output=True, text=True)
+        return done.returncode, done.stdout, done.stderr
+
+    run.qmgr = qmgr
+    run.nodes = Path(home) / "server_priv" / "nodes"
+    run.logs = Path(home) / "server_logs"
+    return run
+
+
+# (qmgr arguments, exit code, stderr, server_priv/nodes afterwards)
+QMGR_TABLE = [
+    (["-c", "create node w1 np=2"], 0, "", "w1 np=2\n"),
+    (["-c", 'create node w1 np=1,properties="cloud,small"'], 0, "", "w1 np=1 cloud small\n"),
+    (["-c", "create node w1 np=2 properties=x"], 1,
+     "qmgr: Syntax error - cannot locate attribute\n", None),
+    (["-c", "create node ghost1 np=1"], 2, "qmgr obj=ghost1 svr=default: Unknown node\n", None),
+    (["-c", "create node w2 np=1", "-c", "create node w1 np=3"], 0, "", "w1 np=3\n"),
+    (["-c", "delete node nosuch"], 2, "qmgr obj=nosuch svr=default: Unknown node\n", None),
+    (["-c", "create node w1,managers+=root@evil np=1"], 2,
+     "qmgr obj=w1,managers+=root@evil svr=default: Unknown node\n", None),
+]
+
+
+@pytest.mark.parametrize(("args", "code", "stderr", "nodes"), QMGR_TABLE)
+def test_stand_in_reproduces_documented_qmgr(server, args, code, stderr, nodes):
+    assert server(*args)[::2] == (code, stderr)
+    assert (server.nodes.read_text() if server.nodes.exists() else None) == nodes
+
+
+def test_stand_in_duplicate_and_server_log(server):
+    assert server("-c", "create node w1 np=2")[0] == 0
+    assert server("-c", "create node w1 np=2") == (
+        2, "", "qmgr obj=w1 svr=default: Node name already exists\n")
+    (log,) = server.logs.iterdir()
+    lines = [line.split(";", 3)[1:2] + line.split(";")[3:] for line in log.read_text().splitlines()]
+    assert lines == [["04", "node", "w1", "attributes set: np = 2"],
+                     ["128", "Req", "req_reject", "Reject reply code=15068(Node name already "
+                      "exists), aux=0, type=Manager, from root@localhost"]]
+
+
+def test_stand_in_reads_directives_from_stdin(server):
+    assert server(stdin="create node w1 np=1\ncreate node w2 np=4\n")[0] == 0
+    assert server.nodes.read_text() == "w1 np=1\nw2 np=4\n"
+    assert "set node w2 np = 4" in server("-c", "print node w2")[1]
+
+
+def test_torque_backend_adds_then_reports_present(server):
+    backend = TorqueBackend(Runner(), server.qmgr)
+    request = JoinRequest("w1", 2, ("cloud",))
+    assert backend.register(request, ADDRESS) == ADDED
+    assert backend.register(request, ADDRESS) == PRESENT
+    assert server.nodes.read_text() == "w1 np=2 cloud\n"
+
+
+@pytest.mark.parametrize(("qmgr", "reason"), [
+    (None, "ghost does not resolve on the TORQUE server"),
+    (["/nonexistent/qmgr"], "qmgr is not installed"),
+    ([sys.executable, "-c", "import time; time.sleep(30)"], "did not finish within 1 s"),
+    ([sys.executable, "-c", "import sys; sys.exit('qmgr: cannot connect to server')"],
+     "cannot connect to server"),
+])
+def test_torque_backend_failures_are_batch_failures(server, qmgr, reason):
+    backend = TorqueBackend(Runner(), qmgr or server.qmgr, timeout=1)
+    with pytest.raises(BatchFailed) as err:
+        backend.register(JoinRequest("ghost", 1), ADDRESS)
+    assert reason in err.value.reason and err.value.exit_code == 4
+
+
+def test_slurm_backend_failure_when_the_controller_is_down():
+    script = "import sys; sys.exit('slurm_load_node error: Unable to contact slurm controller')"
+    backend = SlurmBackend(Runner(), [sys.executable, "-c", script], timeout=5)
+    with pytest.raises(BatchFailed, match="Unable to contact slurm controller"):
+        backend.register(JoinRequest("w1", 1), ADDRESS)
+
+
+def _serve(tmp_path, config: str, command: str, source: str = "10.0.0.5"):
+    conf = tmp_path / "gate.conf"
+    conf.write_text(config)
+    out: list = []
+    code = serve(str(conf), {"SSH_ORIGINAL_COMMAND": command,
+                             "SSH_CONNECTION": f"{source} 4000 10.0.0.1 22"},
+                 lambda c, line: out.append(line))
+    return code, out
+
+
+def test_serve_end_to_end_in_process(server, tmp_path):
+    config = (f"BACKEND=torque\nQMGR='{' '.join(server.qmgr)}'\n"
+              f"HOSTS_FILE={tmp_path / 'hosts'}\nLOG_FILE={tmp_path / 'gate.log'}\n")
+    assert _serve(tmp_path, config, "join w1 2") == (0, ["vaf-gate: joined w1"])
+    assert _serve(tmp_path, config, "join w1 2") == (0, ["vaf-gate: already present: w1"])
+    assert _serve(tmp_path, config, "join w1 2;id")[0] == 2
+    assert _serve(tmp_path, config, "join w2 2")[0] == 3
+    log = (tmp_path / "gate.log").read_text().splitlines()
+    assert [line.split(": ", 1)[1] for line in log[-2:]] == [
+        "request from '10.0.0.5': 'join w2 2'",
+        "denied from '10.0.0.5': w2 resolves to 10.0.0.6, not to the connecting address 10.0.0.5"]
+
+
+@pytest.mark.parametrize(("config", "reason"), [
+    ("BACKEND=condor\n", "BACKEND"),
+    ("TIMEOUT=soon\n", "TIMEOUT"),
+    ("HOSTS_FILE=/nonexistent/hosts\n", "HOSTS_FILE"),
+    ("QMGR='unbalanced\n", "No closing quotation"),
+])
+def test_serve_misconfigured_is_exit_5_and_runs_nothing(tmp_path, config, reason):
+    code, out = _serve(tmp_path, config, "join w1 2")
+    assert code == 5 and out[0].startswith("vaf-gate: misconfigured: ") and reason in out[0]
+
+
+def test_vaf_cli_has_the_gate():
+    result = CliRunner().invoke(vaf_main, ["gate", "--help"])
+    assert result.exit_code == 0 and "authorized-keys" in result.output
