@@ -47,6 +47,8 @@ elif name == "swapon":
 elif name == "mount":
     append(os.path.join(root, "proc/mounts"), args[-2] + " " + args[-1] + " xfs rw 0 0")
 elif name in ("ssh", "curl"):
+    if read(name + ".sleep"):
+        os.remove(os.path.join(state, name + ".sleep")); import time; time.sleep(30)
     codes = read(name + ".codes", "0").split()
     if len(codes) > 1: open(os.path.join(state, name + ".codes"), "w").write(" ".join(codes[1:]))
     if name == "ssh" and codes[0] == "0": print("vaf-gate: joined " + args[-1].split()[1])
@@ -183,6 +185,17 @@ def test_a_refusal_is_not_retried_and_the_batch_client_stays_down(vm, code):
         worker(root, observed).run_all()
     assert programs(observed)[-1] == "ssh"
     assert not (root / "var/lib/vaf/joined").exists()
+
+
+def test_a_hung_head_node_is_retried_too(vm):
+    root, state = vm
+    (state / "ssh.sleep").write_text("yes")
+    observed: list = []
+    w = worker(root, observed)
+    w.ssh_timeout = 0.5
+    w.join()
+    assert programs(observed) == ["ssh", "ssh"]
+    assert (root / "var/lib/vaf/joined").exists()
 
 
 def test_giving_up_after_the_last_attempt(vm):

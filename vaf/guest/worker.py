@@ -30,7 +30,7 @@ from pathlib import Path
 from vaf.errors import VafError
 from vaf.gate.grammar import JoinRequest, Refused, validate_hostname
 from vaf.guest.context import ContextError, read_context
-from vaf.host.runner import CommandError, Runner
+from vaf.host.runner import CommandError, CommandTimeout, Runner
 
 #: where addon-context-linux keeps the context it ran with, then the CD itself
 CONTEXT_CANDIDATES = ("run/one-context/context.sh.network",
@@ -175,6 +175,8 @@ class Worker:
     runner: Runner = field(default_factory=Runner)
     log: Log = stderr_log
     sleep: Callable[[float], None] = time.sleep
+    #: one ssh call may take this long (connect, gate, qmgr/scontrol) before it is retried
+    ssh_timeout: float = 120.0
 
     def path(self, absolute: str) -> Path:
         return self.root / absolute.lstrip("/")
@@ -289,13 +291,18 @@ class Worker:
             return
         argv = self.ssh_argv()
         for attempt in range(1, self.settings.join_attempts + 1):
-            result = self.runner.run(argv, check=False, timeout=120)
-            if result.returncode == 0:
+            try:
+                result = self.runner.run(argv, check=False, timeout=self.ssh_timeout)
+            except CommandTimeout as err:  # a hung head node is retried like a dead one
+                code, said = SSH_UNREACHABLE, err.reason
+            else:
+                code = result.returncode
+                said = (result.stderr.strip().splitlines() or [f"exit {code}"])[-1]
+            if code == 0:
                 _write_if_changed(marker, done)
                 self.log(f"joined {self.settings.head}: {result.stdout.strip()}")
                 return
-            said = (result.stderr.strip().splitlines() or [f"exit {result.returncode}"])[-1]
-            if result.returncode in (GATE_REFUSED, GATE_DENIED):
+            if code in (GATE_REFUSED, GATE_DENIED):
                 raise GuestError(f"the head node refused the join: {said}")
             if attempt < self.settings.join_attempts:
                 delay = min(self.settings.join_backoff * 2 ** (attempt - 1), 300.0)
