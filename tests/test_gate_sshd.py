@@ -204,3 +204,18 @@ def test_slurm_refuses_another_machines_name(slurm, sshd, join_key, tmp_path):
                                            "SCONTROL": shlex.join(slurm.scontrol)})
     assert head.ssh("join vafw3 2").returncode == 3
     assert slurm.node_state("vafw3") == ""
+
+
+def test_a_recreated_worker_moves_its_slurm_node_to_the_new_address(slurm, sshd, join_key,
+                                                                    tmp_path):
+    head = Head(sshd, join_key, tmp_path, {"BACKEND": "slurm",
+                                           "SCONTROL": shlex.join(slurm.scontrol)})
+    head.hosts.write_text("127.0.0.1 vafw1\n127.0.0.4 vafw4\n")
+    assert head.ssh("join vafw4 1").returncode == 3  # not from 127.0.0.1
+    assert head.ssh("join vafw4 1", source="127.0.0.4").returncode == 0
+    head.hosts.write_text("127.0.0.5 vafw4\n")  # the VM was re-created elsewhere
+    moved = head.ssh("join vafw4 1", source="127.0.0.5")
+    assert (moved.returncode, moved.stdout.strip()) == (0, "vaf-gate: already present: vafw4")
+    shown = Runner().output([*slurm.scontrol, "show", "node", "vafw4"])
+    assert "NodeAddr=127.0.0.5 " in shown
+    assert "already present, address 127.0.0.4 -> 127.0.0.5" in head.gate_log()

@@ -17,6 +17,7 @@ language (qmgr's) is built here from validated fields only.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -31,6 +32,7 @@ PRESENT = "already present"
 QMGR_DUPLICATE = "Node name already exists"
 QMGR_UNKNOWN = "Unknown node"
 SLURM_NOT_FOUND = "not found"
+_NODE_ADDR_RE = re.compile(r"\bNodeAddr=(\S+)")
 
 
 class BatchFailed(VafError):
@@ -88,7 +90,7 @@ class SlurmBackend:
         show = [*self.scontrol, "show", "node", request.hostname]
         shown = _run(self.runner, show, self.timeout)
         if shown.returncode == 0:
-            return PRESENT
+            return self._follow_address(request, address, shown.stdout)
         if SLURM_NOT_FOUND not in shown.stdout + shown.stderr:
             raise _failure(show, shown)
         create = [*self.scontrol, *scontrol_create_node(request, address)]
@@ -96,6 +98,22 @@ class SlurmBackend:
         if created.returncode != 0:
             raise _failure(create, created)
         return ADDED
+
+    def _follow_address(self, request: JoinRequest, address: Address, shown: str) -> str:
+        """A name that now resolves to a new address (a re-created VM) moves the node there.
+
+        The identity check has just proved that ``request.hostname`` belongs to ``address``;
+        leaving the old NodeAddr would make slurmctld talk to whoever has the old address.
+        """
+        match = _NODE_ADDR_RE.search(shown)
+        if not match or match[1] == str(address):
+            return PRESENT
+        update = [*self.scontrol, "update", f"NodeName={request.hostname}",
+                  f"NodeAddr={address}", f"NodeHostname={request.hostname}"]
+        updated = _run(self.runner, update, self.timeout)
+        if updated.returncode != 0:
+            raise _failure(update, updated)
+        return f"{PRESENT}, address {match[1]} -> {address}"
 
 
 def _run(runner: Runner, argv: list[str], timeout: float):

@@ -141,7 +141,7 @@ def handle(environ: Mapping[str, str], gate: Gate, log: GateLog) -> tuple[int, s
     except BatchFailed as err:
         log.error(f"batch system failed for {source!r}: {err.reason}")
         return BATCH_FAILED, f"vaf-gate: batch system failed: {err.reason}"
-    verb = "joined" if outcome == ADDED else "already present:"
+    verb = "joined" if outcome == ADDED else f"{outcome.split(',')[0]}:"
     log.info(f"{gate.backend.name}: {request.hostname} ({client}) {outcome}")
     return OK, f"vaf-gate: {verb} {request.hostname}"
 
