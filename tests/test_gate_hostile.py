@@ -141,7 +141,7 @@ def test_a_valid_request_runs_exactly_one_qmgr_and_is_idempotent(recorded, tmp_p
 NEAR_MISS_ALPHABET = "join w1.-2 ,a_z09;$`'\"\n\r\t\0=+@|&()<>\\аＷ２\u00a0"
 
 
-@settings(max_examples=1500, deadline=None)
+@settings(max_examples=1500, deadline=None, database=None)
 @given(st.one_of(st.text(max_size=80), st.text(alphabet=NEAR_MISS_ALPHABET, max_size=40),
                  st.builds(lambda a, b: "join " + a + " " + b,
                            st.text(alphabet=NEAR_MISS_ALPHABET, max_size=20),
@@ -166,7 +166,7 @@ REQUESTS = st.builds(JoinRequest, HOSTNAMES, st.integers(1, 4096),
                               max_size=16).map(tuple))
 
 
-@settings(max_examples=500, deadline=None)
+@settings(max_examples=300, deadline=None, database=None)
 @given(REQUESTS)
 def test_every_valid_request_round_trips(request):
     assert parse(request.command()) == request
