@@ -142,3 +142,13 @@ def test_serve_misconfigured_is_exit_5_and_runs_nothing(tmp_path, config, reason
 def test_vaf_cli_has_the_gate():
     result = CliRunner().invoke(vaf_main, ["gate", "--help"])
     assert result.exit_code == 0 and "authorized-keys" in result.output
+
+
+def test_exit_codes_agree_between_errors_gate_and_guest():
+    from vaf.gate import gate
+    from vaf.gate.grammar import Refused
+    from vaf.gate.identity import Denied
+    from vaf.guest import worker
+    assert (Refused.exit_code, Denied.exit_code, BatchFailed.exit_code) == (
+        gate.REFUSED, gate.DENIED, gate.BATCH_FAILED) == (2, 3, 4)
+    assert (worker.GATE_REFUSED, worker.GATE_DENIED) == (gate.REFUSED, gate.DENIED)
