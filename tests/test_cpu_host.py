@@ -229,7 +229,7 @@ def test_v2_cgroup_without_cpu_controller_falls_back_to_nice(hypervisor, host, t
     with open(f"/proc/{vm.pid}/cgroup") as handle:
         v2_line = next(line for line in handle if line.startswith("0::"))
     assert v2_line.strip() == f"0::/{os.path.relpath(vm.cgroup, CGROUP_V2)}/emulator"
-    if os.path.exists(os.path.join(vm.cgroup, "emulator", "cpu.weight")):
+    if os.path.exists(os.path.join(vm.cgroup, "cpu.weight")):
         pytest.skip("this host has a cgroup2 cpu controller")
     view = tmp_path / "proc"
     (view / "self").mkdir(parents=True)
@@ -240,7 +240,7 @@ def test_v2_cgroup_without_cpu_controller_falls_back_to_nice(hypervisor, host, t
     (view / str(vm.pid) / "cgroup").write_text(v2_line)
     found, why = cpu.domain_cgroup(vm.pid, str(view))
     assert found is None
-    assert why == f"cgroup v2 {vm.cgroup}/emulator has no cpu controller (cpu.weight)"
+    assert why == f"cgroup v2 {vm.cgroup} has no cpu controller (cpu.weight)"
     # With the real /proc of this hybrid host: cpu is on v1, where the VM is in the root cgroup.
     result = cpu.apply(7, BATCH, "squeeze", host)
     assert set(thread_nices(vm.pid).values()) == {19}
@@ -255,7 +255,7 @@ def test_v2_paths_are_resolved_against_the_mount_root(tmp_path):
     proc_root, mount = tmp_path / "proc", tmp_path / "cg"
     domain = mount / "machine.slice" / "machine-qemu\\x2d7\\x2done\\x2d7.scope"
     (domain / "libvirt" / "emulator").mkdir(parents=True)
-    (domain / "libvirt" / "emulator" / "cpu.weight").write_text("100\n")
+    (domain / "libvirt" / "cpu.weight").write_text("100\n")
     (domain / "libvirt" / "emulator" / "cgroup.procs").write_text("4242\n")
     (proc_root / "self").mkdir(parents=True)
     (proc_root / "4242").mkdir()

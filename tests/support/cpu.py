@@ -21,7 +21,7 @@ CGROUP_V1_CPU = "/sys/fs/cgroup/cpu"
 CGROUP_V2 = "/sys/fs/cgroup/unified"
 
 # The stand-in's body: start THREADS threads (busy loops or sleepers), then say "ready".
-_BODY = """
+STANDIN_BODY = """
 import sys, threading, time
 args = sys.argv[1:]
 threads, busy = int(args[args.index('-threads') + 1]), args[args.index('-busy') + 1] == '1'
@@ -77,7 +77,7 @@ class Hypervisor:
     def start(self, vmid: int, threads: int = 3, busy: bool = False, cgroup: str | None = None,
               cpu: int | None = None, pid_file: bool = True) -> StandIn:
         """Start the stand-in for VM ``vmid``; ``cgroup`` is a hierarchy mount point."""
-        argv = ["qemu-system-x86_64", "-c", _BODY, "-name",
+        argv = ["qemu-system-x86_64", "-c", STANDIN_BODY, "-name",
                 f"guest=one-{vmid},debug-threads=on", "-threads", str(threads),
                 "-busy", "1" if busy else "0", "-machine", "pc,accel=kvm"]
         process = subprocess.Popen(argv, executable=sys.executable, stdout=subprocess.PIPE,

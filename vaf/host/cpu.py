@@ -177,10 +177,11 @@ def domain_cgroup(pid: int, proc_root: str = proc.PROC) -> tuple[CpuCgroup | Non
             directory = _directory(mount, paths[version])
             if directory is None or not os.path.isdir(directory):
                 continue
-            if version == 2 and not os.path.exists(os.path.join(directory, "cpu.weight")):
-                return None, f"cgroup v2 {directory} has no cpu controller (cpu.weight)"
             if os.path.basename(directory) in LIBVIRT_LEAVES:
                 directory = os.path.dirname(directory)
+            if version == 2 and not os.path.exists(os.path.join(directory, "cpu.weight")):
+                # the parent has not enabled the cpu controller for its children
+                return None, f"cgroup v2 {directory} has no cpu controller (cpu.weight)"
             if os.path.realpath(directory) == os.path.realpath(mount.point):
                 return None, "the process is in the root cgroup"
             others = _other_processes(directory, pid)
