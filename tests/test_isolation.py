@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from support.netns import Lab, arp_frame
 
-from tests.support.netns import Lab, arp_frame
 from vaf.host.runner import Result
 from vaf.one.xml import encode_payload
 
@@ -80,6 +80,7 @@ class Remotes:
     root: Path
     lab: Lab
     backend: str
+    ebtables: str = "ebtables"  # the flavour whose tables ruleset() lists
 
     @classmethod
     def build(cls, root: Path, lab: Lab, backend: str) -> Remotes:
@@ -115,7 +116,7 @@ class Remotes:
 
     def ruleset(self) -> str:
         command = (["nft", "list", "ruleset"] if self.backend == "nft"
-                   else ["ebtables", "--concurrent", "-L"])
+                   else [self.ebtables, "--concurrent", "-L"])
         return self.lab.run(self.lab.host, command).stdout
 
 

@@ -112,7 +112,8 @@ def delete_chains_batch(chains: Iterable[str]) -> str:
 
 
 def batch(lines: list[str]) -> str:
-    return "*filter\n" + "".join(line + "\n" for line in lines) + "COMMIT\n"
+    # No COMMIT line: ebtables-legacy-restore rejects it; both flavours commit at the end.
+    return "*filter\n" + "".join(line + "\n" for line in lines)
 
 
 def parse_dispatch(listing: str) -> set[str]:

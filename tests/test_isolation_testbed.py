@@ -1,0 +1,86 @@
+"""The ebtables backend with ``ebtables-legacy``, on the test hypervisor.
+
+This machine's kernel lacks the legacy ebtables tables, the test hypervisor's guest has both
+flavours. The same lab as ``test_isolation.py`` (namespaces on a bridge) is built in the guest
+over ssh; the hook runs from a remotes copy with the guest's own python3, which has no lxml,
+so the stdlib XML parser is exercised for real too.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path, PurePosixPath
+
+import pytest
+from support.netns import Lab
+from support.testbed import HOST_ALIAS
+from test_isolation import (
+    A1,
+    A2,
+    B1,
+    SVC,
+    UNUSED_A_MAC,
+    VMS,
+    Remotes,
+    machine_xml,
+    reachability,
+)
+
+from vaf.host.runner import Runner
+
+pytestmark = [pytest.mark.testbed, pytest.mark.slow]
+
+REPO = Path(__file__).resolve().parents[1]
+DEST = "/var/tmp/vaf-isolation-test"
+LEGACY_CONF = ("BACKEND=ebtables\nEBTABLES=ebtables-legacy\n"
+               "EBTABLES_RESTORE=ebtables-legacy-restore\n")
+
+
+def stage_remotes(stage: Path) -> None:
+    """A remotes tree as `onehost sync` leaves it: real copies, the executables as symlinks."""
+    shutil.copytree(REPO / "vaf", stage / "vaf" / "lib" / "vaf",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(REPO / "remotes" / "vaf" / "dispatch", stage / "vaf" / "dispatch")
+    (stage / "hooks" / "ebtables").mkdir(parents=True)
+    for name in ("vaf-isolation", "vaf-isolation-sweep"):
+        (stage / "hooks" / "ebtables" / name).symlink_to("../../vaf/dispatch")
+    conf = stage / "etc" / "hooks" / "ebtables" / "ebtables.conf"
+    conf.parent.mkdir(parents=True)
+    conf.write_text(LEGACY_CONF)
+
+
+@pytest.fixture
+def legacy(testbed, tmp_path) -> Remotes:
+    stage_remotes(tmp_path / "stage")
+    testbed.sync_remotes(tmp_path / "stage", DEST)
+    runner = Runner(host=HOST_ALIAS, ssh=("ssh", "-F", testbed.ssh_config, "-l", "root"),
+                    sudo_prefix=())
+    lab = Lab(runner=runner)
+    try:
+        lab.start()
+        for machine in (*VMS, SVC):
+            lab.add_machine(machine.name, machine.tap, machine.mac, f"{machine.ip}/16")
+        yield Remotes(PurePosixPath(DEST), lab, "ebtables", ebtables="ebtables-legacy")
+    finally:
+        lab.close()
+
+
+def test_isolation_with_ebtables_legacy(legacy):
+    lab = legacy.lab
+    legacy.isolate(*VMS)
+    legacy.isolate(A1)  # twice: nothing changes
+    rules = legacy.ruleset()
+    assert rules.count(f"-i {A1.tap} -j VAF-O-{A1.tap}") == 1
+    assert "VAF" not in lab.run(lab.host, ["ebtables-nft", "-L"], check=False).stdout
+    assert reachability(lab, [(A1, A2), (A1, SVC), (A1, B1), (B1, SVC)]) == {
+        "a1->a2": True, "a1->svc": True, "a1->b1": False, "b1->svc": False}
+    lab.set_mac(A1.name, UNUSED_A_MAC)
+    assert not lab.ping(A1.name, A2.ip)
+    lab.set_mac(A1.name, A1.mac)
+
+    assert legacy.hook(machine_xml(A1), "clean").returncode == 0
+    lab.remove_port(A2.tap)
+    sweep = legacy.sweep()
+    assert sweep.returncode == 0, sweep.stderr
+    rules = legacy.ruleset()
+    assert A1.tap not in rules and A2.tap not in rules and B1.tap in rules
