@@ -229,7 +229,7 @@ def test_relay_passes_tagged_lines_and_keeps_the_reason():
                  "volume group vg-one-100 has 3 MB free"]:
         relay.line(line)
     assert out.getvalue() == "INFO: 7 lvmsnap/clone: filling\nERROR: 7 lvmsnap/clone: stderr: x\n"
-    failure = relay.failure(CommandError(["python3"], "testhv", 1))
+    failure = relay.failure(CommandError(["python3"], "testhv", 1), "lvmsnap clone")
     assert failure.reason == "volume group vg-one-100 has 3 MB free"
     assert failure.details() == []
 

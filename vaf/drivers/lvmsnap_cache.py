@@ -21,13 +21,17 @@ stdlib only: runs on hypervisors.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
+from collections import namedtuple
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 
 from vaf.host.lvm import LogicalVolume
+
+try:  # built into Debian's python3.11: spares loading OpenSSL on every clone
+    from _sha256 import sha256
+except ImportError:  # pragma: no cover - other builds
+    from hashlib import sha256
 
 CACHE_PREFIX = "vaf-cache-"
 FILL_PREFIX = "vaf-fill-"
@@ -40,12 +44,11 @@ KEY_LENGTH = 24
 _VM_DISK_RE = re.compile(r"^lv-one-(\d+)-(\d+)$")
 
 
-@dataclass(frozen=True)
-class ImageStat:
-    path: str
-    size: int
-    mtime_ns: int
-    ctime_ns: int
+class ImageStat(namedtuple("ImageStat", "path size mtime_ns ctime_ns")):
+    """What identifies an image's content as the host sees it (a namedtuple: it is created
+    on every clone, and a dataclass costs measurable import time on a TCG-slow host)."""
+
+    __slots__ = ()
 
     @classmethod
     def of(cls, path: str) -> ImageStat:
@@ -55,7 +58,7 @@ class ImageStat:
     @property
     def key(self) -> str:
         text = f"{self.path}\0{self.size}\0{self.mtime_ns}\0{self.ctime_ns}"
-        return hashlib.sha256(text.encode()).hexdigest()[:KEY_LENGTH]
+        return sha256(text.encode()).hexdigest()[:KEY_LENGTH]
 
     @property
     def size_mb(self) -> int:

@@ -18,12 +18,10 @@ import json
 import os
 import re
 import signal
-import socket
 import sys
 import time
+from collections import namedtuple
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
-from typing import Any
 
 from vaf.drivers import lvmsnap_cache as cache
 from vaf.drivers.lvmsnap_cache import ImageStat
@@ -39,41 +37,49 @@ _DD_BYTES_RE = re.compile(r"^(\d+) bytes")
 STALE_FILL_WAIT_SECONDS = 600
 
 
-@dataclass(frozen=True)
-class Settings:
-    """The conf values the front-end hands over (its conf file is the one source)."""
+_SETTINGS_DEFAULTS = {
+    "vg": "",
+    "mode": "thin",  # thin | classic: how VM disks snapshot a cache
+    "volatile": "thin",  # thin | thick: where mkimage/mkswap/ln volumes go
+    "pool": "vaf-pool",
+    "pool_size": "50%VG",
+    "cow_percent": 100,
+    "lock_dir": "/var/lock/vaf-lvmsnap",
+    "dd_bs": "4M",
+    "progress_seconds": 10.0,
+    "sudo": ("sudo", "-n"),
+    "test_kill_at": "",
+}
 
-    vg: str
-    mode: str = "thin"  # thin | classic: how VM disks snapshot a cache
-    volatile: str = "thin"  # thin | thick: where mkimage/mkswap/ln volumes go
-    pool: str = "vaf-pool"
-    pool_size: str = "50%VG"
-    cow_percent: int = 100
-    lock_dir: str = "/var/lock/vaf-lvmsnap"
-    dd_bs: str = "4M"
-    progress_seconds: float = 10.0
-    sudo: tuple[str, ...] = ("sudo", "-n")
-    test_kill_at: str = ""
+
+class Settings(namedtuple("Settings", list(_SETTINGS_DEFAULTS),
+                          defaults=list(_SETTINGS_DEFAULTS.values()))):
+    """The conf values the front-end hands over (its conf file is the one source).
+
+    A namedtuple rather than a dataclass: this module is imported on every clone.
+    """
+
+    __slots__ = ()
 
     @classmethod
-    def from_params(cls, params: Mapping[str, Any]) -> Settings:
+    def from_params(cls, params: Mapping[str, object]) -> Settings:
         raw = params.get("settings")
         if not isinstance(raw, dict) or not isinstance(raw.get("vg"), str):
             raise ProtocolError("host command parameters lack settings.vg")
-        known = {k: v for k, v in raw.items() if k in cls.__dataclass_fields__}
+        known = {k: v for k, v in raw.items() if k in cls._fields}
         if "sudo" in known:
             known["sudo"] = tuple(known["sudo"])
         return cls(**known)
 
-    def to_params(self) -> dict[str, Any]:
+    def to_params(self) -> dict[str, object]:
         return {name: (list(value) if isinstance(value, tuple) else value)
-                for name, value in self.__dict__.items()}
+                for name, value in self._asdict().items()}
 
 
 class Host:
     """One host-side action: settings, log, the local runner and the volume group."""
 
-    def __init__(self, params: Mapping[str, Any], log: DriverLog):
+    def __init__(self, params: Mapping[str, object], log: DriverLog):
         self.params = params
         self.log = log
         self.settings = Settings.from_params(params)
@@ -109,7 +115,8 @@ class Host:
 # --- small host helpers -------------------------------------------------------------------
 
 def hostname() -> str:
-    return socket.getfqdn()
+    # the kernel's node name: no DNS lookup on the clone path (socket.getfqdn may hang)
+    return os.uname().nodename
 
 
 def prepare_vm_dir(path: str) -> None:
@@ -207,10 +214,22 @@ def dd_argv(source: str, target: str, bs: str, *, count_bytes: int | None = None
 def copy(host: Host, source: str, target: str, total: int, what: str, **dd_options) -> int:
     """Copy with dd as root, reporting progress; return the bytes dd says it copied."""
     progress = Progress(host.log, what, total, host.settings.progress_seconds)
-    result = host.runner.run(dd_argv(source, target, host.settings.dd_bs, **dd_options),
-                             sudo=True, on_stderr_line=progress.line)
+    try:
+        result = host.runner.run(dd_argv(source, target, host.settings.dd_bs, **dd_options),
+                                 sudo=True, on_stderr_line=progress.line)
+    except CommandError as err:
+        raise DriverError(f"{what} failed: {dd_failure(err)}") from None
     copied = dd_copied_bytes(result.stderr)
     return -1 if copied is None else copied
+
+
+def dd_failure(err: CommandError) -> str:
+    """dd's own error line (not a progress line), or how it ended."""
+    for line in reversed(err.stderr.replace("\r", "\n").splitlines()):
+        line = line.strip()
+        if line and not _DD_BYTES_RE.match(line) and "records" not in line:
+            return line
+    return "dd was killed" if err.returncode == 255 else f"dd exit code {err.returncode}"
 
 
 def zero_tail(host: Host, device: str, start: int) -> None:
@@ -321,12 +340,8 @@ def ensure_cache(host: Host, image: ImageStat) -> str:
 
     with locks.exclusive(host.settings.lock_dir, fill_lock(host, key), on_wait=waiting):
         volumes = host.vg.lvs()
-        if name in volumes:
-            if not volumes[name].active:
-                with host.metadata_lock():
-                    host.lvm(lvmargv.lvchange_argv(host.vg.name, name, activate=True))
-            return name
-        fill_cache(host, image, volumes)
+        if name not in volumes:
+            fill_cache(host, image, volumes)
     return name
 
 
@@ -346,9 +361,11 @@ def fill_cache(host: Host, image: ImageStat, volumes: Mapping[str, LogicalVolume
         if fill in volumes:
             host.log.info(f"removing {fill}, left over by an interrupted fill")
             host.lvm(lvmargv.lvremove_argv(host.vg.name, fill))
-            volumes = host.vg.lvs()
         remove_stale_fills(host, volumes)
-        make_room(host, host.vg.lvs(), image.size_mb)
+        volumes = host.vg.lvs()
+        if host.settings.mode == "thin":
+            ensure_pool(host, volumes)  # before the fill takes the room the pool needs
+        make_room(host, volumes, image.size_mb)
         host.lvm(lvmargv.lvcreate_linear_argv(host.vg.name, fill, image.size_mb,
                                               cache.cache_tags(image, now()), wipe=False))
     host.checkpoint("after-create")
@@ -359,9 +376,18 @@ def fill_cache(host: Host, image: ImageStat, volumes: Mapping[str, LogicalVolume
         discard(host, fill)
         raise
     with host.metadata_lock():
-        host.lvm(lvmargv.lvchange_argv(host.vg.name, fill, readonly=True))
+        host.lvm(seal_argv(host, fill))
         host.checkpoint("before-rename")
         host.lvm(lvmargv.lvrename_argv(host.vg.name, fill, cache.cache_name(key)))
+
+
+def seal_argv(host: Host, fill: str) -> list[str]:
+    """Make a filled volume a cache: read-only; for thin mode also inactive and skipped by
+    autoactivation, because lvm takes only an inactive LV as a new external origin."""
+    if host.settings.mode == "thin":
+        return lvmargv.lvchange_argv(host.vg.name, fill, readonly=True, activate=False,
+                                     skip=True)
+    return lvmargv.lvchange_argv(host.vg.name, fill, readonly=True)
 
 
 def copy_and_verify(host: Host, image: ImageStat, device: str) -> None:
@@ -383,9 +409,10 @@ def copy_and_verify(host: Host, image: ImageStat, device: str) -> None:
 def discard(host: Host, name: str) -> None:
     """Best-effort removal of a volume we created, after a failure."""
     try:
+        wait_until_closed(host, name, limit=60)  # a dd whose sudo was killed may linger
         with host.metadata_lock():
             host.lvm(lvmargv.lvremove_argv(host.vg.name, name))
-    except CommandError as err:
+    except (CommandError, DriverError) as err:
         host.log.error(f"could not remove {name}: {err.reason}")
 
 
@@ -400,16 +427,14 @@ def snapshot_argv(host: Host, origin: str, origin_mb: int, disk: str, tags: list
 
 
 def snapshot_cache(host: Host, origin: str, origin_mb: int, disk: str, tags: list[str]) -> bool:
-    """Make ``disk`` a snapshot of cache ``origin``; False if the cache is gone (evicted).
+    """Make ``disk`` a snapshot of cache ``origin``; False if there is no such cache.
 
-    The hot path: one lvcreate under the lock. Rare cases (no pool yet, a volume left by a
-    failed earlier attempt, classic COW needing room) are handled after a first failure, so
-    the warm clone pays no extra lvm call for them.
+    The hot path is one lvcreate under the lock, without looking first: the rare cases (no
+    cache yet, no pool yet, a volume left by a failed earlier attempt, an origin lvm wants
+    inactive or active, a COW needing room) are diagnosed with ``lvs`` only after it fails.
     """
+    argv = snapshot_argv(host, origin, origin_mb, disk, tags)
     with host.metadata_lock():
-        if not os.path.exists(host.vg.path(origin)):
-            return False
-        argv = snapshot_argv(host, origin, origin_mb, disk, tags)
         try:
             host.lvm(argv)
             return True
@@ -417,13 +442,23 @@ def snapshot_cache(host: Host, origin: str, origin_mb: int, disk: str, tags: lis
             volumes = host.vg.lvs()
             if origin not in volumes:
                 return False
-            remove_if_idle(host, volumes, disk)
-            if host.settings.mode == "thin":
-                ensure_pool(host, volumes)
-            else:
-                make_room(host, volumes, argv_size_mb(argv), keep=(origin,))
+            prepare_snapshot(host, volumes, origin, disk, argv)
         host.lvm(argv)
-        return True
+    return True
+
+
+def prepare_snapshot(host: Host, volumes: Mapping[str, LogicalVolume], origin: str, disk: str,
+                     argv: list[str]) -> None:
+    remove_if_idle(host, volumes, disk)
+    cache_lv = volumes[origin]
+    if host.settings.mode == "thin":
+        ensure_pool(host, volumes)
+        if cache_lv.active and origin not in cache.caches_in_use(volumes):
+            host.lvm(lvmargv.lvchange_argv(host.vg.name, origin, activate=False))
+    else:
+        if not cache_lv.active:
+            host.lvm(lvmargv.lvchange_argv(host.vg.name, origin, activate=True))
+        make_room(host, volumes, argv_size_mb(argv), keep=(origin,))
 
 
 def argv_size_mb(argv: list[str]) -> int:
@@ -448,14 +483,13 @@ def vm_disk_tags(host: Host, image: ImageStat | None = None) -> list[str]:
     return tags
 
 
-def clone(params: Mapping[str, Any], log: DriverLog) -> int:
+def clone(params: Mapping[str, object], log: DriverLog) -> int:
     """``clone``: a snapshot of the image's cache LV (filled on first use) as ``disk.<i>``."""
     host = Host(params, log)
     image = stat_image(host.param("src"))
     dst = host.param("dst")
     disk = cache.vm_disk_name(host.param("vmid", int), host.param("disk_id", int))
     size_mb = max(host.optional("size_mb", int) or 0, image.size_mb)
-    prepare_vm_dir(dst)
     origin = cache.cache_name(image.key)
     tags = vm_disk_tags(host)
     if not snapshot_cache(host, origin, image.size_mb, disk, tags):
@@ -463,11 +497,12 @@ def clone(params: Mapping[str, Any], log: DriverLog) -> int:
         if not snapshot_cache(host, origin, image.size_mb, disk, tags):
             raise DriverError(f"cache {origin} vanished while cloning {image.path}")
     grow(host, disk, size_mb, image.size_mb)
+    prepare_vm_dir(dst)
     replace_symlink(host.vg.path(disk), dst)
     return 0
 
 
-def ln(params: Mapping[str, Any], log: DriverLog) -> int:
+def ln(params: Mapping[str, object], log: DriverLog) -> int:
     """``ln`` (persistent image): a volume of its own, never shared, written back by mvds."""
     host = Host(params, log)
     image = stat_image(host.param("src"))
@@ -475,7 +510,6 @@ def ln(params: Mapping[str, Any], log: DriverLog) -> int:
     disk = cache.vm_disk_name(host.param("vmid", int), host.param("disk_id", int))
     size_mb = max(host.optional("size_mb", int) or 0, image.size_mb)
     thin = host.thin_volatile
-    prepare_vm_dir(dst)
     tags = vm_disk_tags(host, image) + [cache.PERSISTENT_TAG, f"{cache.BYTES_TAG}={image.size}"]
     with host.metadata_lock():
         volumes = host.vg.lvs()
@@ -492,11 +526,12 @@ def ln(params: Mapping[str, Any], log: DriverLog) -> int:
     except BaseException:
         discard(host, disk)
         raise
+    prepare_vm_dir(dst)
     replace_symlink(device, dst)
     return 0
 
 
-def mkimage(params: Mapping[str, Any], log: DriverLog) -> int:
+def mkimage(params: Mapping[str, object], log: DriverLog) -> int:
     """``mkimage``/``mkswap``: a new volume, formatted as swap, a filesystem, or left raw."""
     host = Host(params, log)
     dst = host.param("dst")
@@ -504,7 +539,6 @@ def mkimage(params: Mapping[str, Any], log: DriverLog) -> int:
     size_mb = host.param("size_mb", int)
     fs_type = host.optional("fs") or "raw"
     thin = host.thin_volatile
-    prepare_vm_dir(dst)
     with host.metadata_lock():
         volumes = host.vg.lvs()
         remove_if_idle(host, volumes, disk)
@@ -518,6 +552,7 @@ def mkimage(params: Mapping[str, Any], log: DriverLog) -> int:
     except BaseException:
         discard(host, disk)
         raise
+    prepare_vm_dir(dst)
     replace_symlink(device, dst)
     return 0
 
@@ -552,7 +587,7 @@ def disk_lv(host: Host, link: str) -> tuple[str, LogicalVolume, Mapping[str, Log
     return name, volumes[name], volumes
 
 
-def mvds(params: Mapping[str, Any], log: DriverLog) -> int:
+def mvds(params: Mapping[str, object], log: DriverLog) -> int:
     """``mvds``: write a persistent disk back over its image, then drop the volume."""
     host = Host(params, log)
     src, dst = host.param("src"), host.param("dst")
@@ -565,7 +600,7 @@ def mvds(params: Mapping[str, Any], log: DriverLog) -> int:
     return 0
 
 
-def cpds(params: Mapping[str, Any], log: DriverLog) -> int:
+def cpds(params: Mapping[str, object], log: DriverLog) -> int:
     """``cpds`` (disk-saveas): copy a disk's current content to a new image file."""
     host = Host(params, log)
     src, dst = host.param("src"), host.param("dst")
@@ -601,7 +636,7 @@ def vm_links(directory: str) -> Iterator[str]:
             yield os.path.join(directory, entry)
 
 
-def delete(params: Mapping[str, Any], log: DriverLog) -> int:
+def delete(params: Mapping[str, object], log: DriverLog) -> int:
     """``delete``: a disk (its LV, then the link) or the VM dir (its LVs, then the dir)."""
     host = Host(params, log)
     path = host.param("path")
@@ -616,7 +651,7 @@ def delete(params: Mapping[str, Any], log: DriverLog) -> int:
     return 0
 
 
-def mv(params: Mapping[str, Any], log: DriverLog) -> int:
+def mv(params: Mapping[str, object], log: DriverLog) -> int:
     """``mv`` on one host: reactivate a disk in place, or move it / the VM dir to a new path."""
     host = Host(params, log)
     src, dst = host.param("src"), host.param("dst")
@@ -630,7 +665,7 @@ def mv(params: Mapping[str, Any], log: DriverLog) -> int:
     return 0
 
 
-def resize(params: Mapping[str, Any], log: DriverLog) -> int:
+def resize(params: Mapping[str, object], log: DriverLog) -> int:
     host = Host(params, log)
     name, lv, _ = disk_lv(host, host.param("path"))
     size_mb = host.param("size_mb", int)
@@ -647,7 +682,7 @@ def resize(params: Mapping[str, Any], log: DriverLog) -> int:
     return 0
 
 
-def context(params: Mapping[str, Any], log: DriverLog) -> int:
+def context(params: Mapping[str, object], log: DriverLog) -> int:
     """``context``: store the ISO the front-end built (our stdin) as ``disk.<N>``."""
     host = Host(params, log)
     dst = host.param("dst")
@@ -667,7 +702,7 @@ def context(params: Mapping[str, Any], log: DriverLog) -> int:
 PREMIGRATE_RECORD = ".vaf-premigrate"
 
 
-def premigrate(params: Mapping[str, Any], log: DriverLog) -> int:
+def premigrate(params: Mapping[str, object], log: DriverLog) -> int:
     """On the destination: make every disk's volume exist and be active, linked as on the source.
 
     The VG is host-local, so a volume missing here is created empty with the disk's size for
@@ -699,7 +734,7 @@ def premigrate(params: Mapping[str, Any], log: DriverLog) -> int:
     return 0
 
 
-def postmigrate(params: Mapping[str, Any], log: DriverLog) -> int:
+def postmigrate(params: Mapping[str, object], log: DriverLog) -> int:
     """On the source: the VM now runs elsewhere, so drop its volumes and directory here.
 
     ``.host`` names the host the VM runs on (premigrate rewrote it): when that is this very
@@ -721,7 +756,7 @@ def postmigrate(params: Mapping[str, Any], log: DriverLog) -> int:
     return 0
 
 
-def failmigrate(params: Mapping[str, Any], log: DriverLog) -> int:
+def failmigrate(params: Mapping[str, object], log: DriverLog) -> int:
     """On the destination: undo premigrate (only the volumes it created)."""
     host = Host(params, log)
     sysdir = host.param("sysdir")
@@ -782,7 +817,7 @@ def fullness_warnings(volumes: Mapping[str, LogicalVolume], threshold: float) ->
     return warnings
 
 
-def monitor(params: Mapping[str, Any], log: DriverLog) -> int:
+def monitor(params: Mapping[str, object], log: DriverLog) -> int:
     host = Host(params, log)
     usage = host.vg.usage()
     volumes = host.vg.lvs()
@@ -797,7 +832,7 @@ def monitor(params: Mapping[str, Any], log: DriverLog) -> int:
     return 0
 
 
-COMMANDS: dict[str, Callable[[Mapping[str, Any], DriverLog], int]] = {
+COMMANDS: dict[str, Callable[[Mapping[str, object], DriverLog], int]] = {
     "clone": clone,
     "ln": ln,
     "mkimage": mkimage,

@@ -7,7 +7,8 @@ reason line through :func:`vaf.one.log.run_main`, exactly like a driver, so the 
 relay its stderr to oned unchanged.
 
 :data:`PROVIDERS` is the one place that says which module serves which command prefix.
-stdlib only: this runs with Debian's python3 on hypervisors.
+stdlib only: this runs with Debian's python3 on hypervisors, on every clone, so it imports
+little (no typing, no dataclasses of its own).
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from __future__ import annotations
 import importlib
 import json
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
 
 from vaf.errors import ProtocolError
 from vaf.one.log import DriverLog, run_main
@@ -25,7 +25,7 @@ PROVIDERS: dict[str, str] = {
     "lvmsnap": "vaf.drivers.lvmsnap_host",
 }
 
-HostFunction = Callable[[Mapping[str, Any], DriverLog], "int | None"]
+HostFunction = Callable[[Mapping[str, object], DriverLog], "int | None"]
 
 
 def resolve(command: str) -> HostFunction:
@@ -41,7 +41,7 @@ def resolve(command: str) -> HostFunction:
                             f"{', '.join(provider + '-' + a for a in sorted(commands))})") from None
 
 
-def parse_params(text: str) -> dict[str, Any]:
+def parse_params(text: str) -> dict[str, object]:
     try:
         params = json.loads(text)
     except ValueError as err:

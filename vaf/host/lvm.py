@@ -12,6 +12,7 @@ question when reused space still holds a filesystem signature, and a driver has 
 from __future__ import annotations
 
 import re
+from collections import namedtuple
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -90,16 +91,12 @@ LV_FIELDS = ("lv_name", "lv_attr", "lv_size", "origin", "pool_lv", "data_percent
              "metadata_percent", "lv_tags")
 
 
-@dataclass(frozen=True)
-class LogicalVolume:
-    name: str
-    attr: str
-    size_bytes: int
-    origin: str
-    pool: str
-    data_percent: float | None
-    metadata_percent: float | None
-    tags: tuple[str, ...]
+class LogicalVolume(namedtuple("LogicalVolume", "name attr size_bytes origin pool data_percent "
+                                             "metadata_percent tags")):
+    """One row of :func:`lvs_argv` (a namedtuple: cheaper to define than a dataclass, and
+    this module is imported on every host-side call)."""
+
+    __slots__ = ()
 
     @property
     def size_mb(self) -> int:
@@ -241,11 +238,15 @@ def lvrename_argv(vg: str, old: str, new: str) -> list[str]:
 
 
 def lvchange_argv(vg: str, name: str, *, readonly: bool = False, activate: bool | None = None,
-                  add_tags: Sequence[str] = (), del_tags: Sequence[str] = ()) -> list[str]:
-    """``lvchange`` for permission, activation (``-K``: thin snapshots skip it) and tags."""
+                  skip: bool | None = None, add_tags: Sequence[str] = (),
+                  del_tags: Sequence[str] = ()) -> list[str]:
+    """``lvchange`` for permission, activation (``-K``: thin snapshots skip it), the
+    activation-skip flag (``skip``) and tags."""
     argv = ["lvchange"]
     if readonly:
         argv += ["-p", "r"]
+    if skip is not None:
+        argv += ["--setactivationskip", "y" if skip else "n"]
     if activate is True:
         argv += ["-a", "y", "-K"]
     elif activate is False:
