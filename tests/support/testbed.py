@@ -48,6 +48,8 @@ BUILD_TIMEOUT = 1800  # from nothing it takes ~1-2 min; a slow mirror may take m
 BOOT_TIMEOUT = 240
 SHUTDOWN_TIMEOUT = 60
 PORT_ATTEMPTS = 3  # another session may grab the port between our probe and qemu's bind
+RUN_DIR_PREFIX = "vaf-tb-"
+STALE_AFTER = 120  # seconds; a younger run dir may belong to a session still setting up
 
 # LVM's rule for VG names, checked before a name reaches a remote command or a /dev path.
 VG_NAME = re.compile(r"[A-Za-z0-9+_.][A-Za-z0-9+_.-]*")
@@ -136,6 +138,7 @@ def _install_safety_net() -> None:
 def qemu_processes_of(run_dir: str) -> list[int]:
     """PIDs of qemu processes whose command line names run_dir (i.e. belong to that run)."""
     pids = []
+    needle = run_dir.rstrip("/").encode() + b"/"  # /tmp/vaf-tb-x/..., never /tmp/vaf-tb-xy
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -143,9 +146,23 @@ def qemu_processes_of(run_dir: str) -> list[int]:
             argv = (entry / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue  # exited meanwhile
-        if b"qemu" in argv[0] and any(run_dir.encode() in a for a in argv):
+        if b"qemu" in argv[0] and any(needle in a for a in argv):
             pids.append(int(entry.name))
     return pids
+
+
+def sweep_stale_run_dirs() -> None:
+    """Remove run dirs left by sessions that were killed (SIGKILL leaves pv.img, which grows
+    to GBs).  A live session holds an flock on its alive.lock; VAF_TESTBED_KEEP dirs stay."""
+    for run_dir in Path(tempfile.gettempdir()).glob(f"{RUN_DIR_PREFIX}*"):
+        with contextlib.suppress(OSError):
+            if time.time() - run_dir.stat().st_mtime < STALE_AFTER:
+                continue
+            if (run_dir / "keep").exists() or qemu_processes_of(str(run_dir)):
+                continue
+            with open(run_dir / "alive.lock", "a") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # raises while alive
+                shutil.rmtree(run_dir)
 
 
 # --- the test hypervisor --------------------------------------------------------------------
@@ -169,6 +186,7 @@ class Testbed:
         self.proc: subprocess.Popen | None = None
         self.boot_seconds: float | None = None
         self.shutdown_seconds: float | None = None
+        self._alive_lock = None  # open file holding the run dir's flock while we live
 
     # -- paths --------------------------------------------------------------------------------
 
@@ -208,6 +226,7 @@ class Testbed:
     # -- start ----------------------------------------------------------------------------------
 
     def start(self) -> Testbed:
+        sweep_stale_run_dirs()
         self._make_run_dir()
         _install_safety_net()
         try:
@@ -218,7 +237,9 @@ class Testbed:
         return self
 
     def _make_run_dir(self) -> None:
-        run_dir = Path(tempfile.mkdtemp(prefix="vaf-tb-"))
+        run_dir = Path(tempfile.mkdtemp(prefix=RUN_DIR_PREFIX))
+        self._alive_lock = open(run_dir / "alive.lock", "w")  # held until stop()
+        fcntl.flock(self._alive_lock, fcntl.LOCK_EX)
         # The path goes on qemu's option lines (',' separates options) and on the kernel
         # command line (whitespace separates parameters).
         if re.search(r"[\s,]", str(run_dir)):
@@ -288,7 +309,7 @@ Host {HOST_ALIAS}
             "-serial", f"file:{r}/console.log",
             "-qmp", f"unix:{r}/qmp.sock,server=on,wait=off",
             "-pidfile", f"{r}/qemu.pid",
-            "-kernel", f"{b}/vmlinuz", "-initrd", f"{b}/initrd.img", "-append", cmdline,
+            "-kernel", str(self._kernel()), "-initrd", f"{b}/initrd.img", "-append", cmdline,
             "-drive", f"file={b}/root.img,{disk},snapshot=on",
             "-drive", f"file={r}/pv.img,{disk}",
             "-netdev", f"user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:{self.port}-:22",
@@ -305,6 +326,12 @@ Host {HOST_ALIAS}
             self._wait_for(self._console_says_ready, self.boot_timeout,
                            "the guest's READY marker")
         self._wait_for(self._ssh_answers, 60, "ssh")
+
+    def _kernel(self) -> Path:
+        # The uncompressed ELF kernel boots through PVH and skips the bzImage decompression,
+        # 4-15 s of every boot under TCG; build.sh only makes it for kernels that can.
+        vmlinux = self.build_dir / "vmlinux"
+        return vmlinux if vmlinux.exists() else self.build_dir / "vmlinuz"
 
     def _launch_qemu(self) -> None:
         for name in ("console.log", "qemu.log", "qemu.pid"):
@@ -436,8 +463,14 @@ Host {HOST_ALIAS}
         self._close_masters()
         self._assert_no_qemu_left()
         _LIVE.discard(self)
-        if self.run_dir is not None and os.environ.get("VAF_TESTBED_KEEP") != "1":
-            shutil.rmtree(self.run_dir, ignore_errors=True)
+        if self.run_dir is not None:
+            if os.environ.get("VAF_TESTBED_KEEP") == "1":
+                (self.run_dir / "keep").touch()
+            else:
+                shutil.rmtree(self.run_dir, ignore_errors=True)
+        if self._alive_lock is not None:
+            self._alive_lock.close()
+            self._alive_lock = None
 
     def _request_poweroff(self) -> None:
         # Detached: the program kills sshd, so an attached session would hang (testbed.md 4).
