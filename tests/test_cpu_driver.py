@@ -187,3 +187,34 @@ def test_describe_a_gone_vm_and_an_error():
         == "skipped: not running on this host"
     assert describe({"vmid": 3, "status": "error", "reason": "Permission denied: /x"}) \
         == "failed: Permission denied: /x"
+
+
+# --- through the oned runtime stand-in (tests/support/oned.py) ------------------------------
+
+def test_post_d_through_the_vmm_runtime(remotes, hypervisor):
+    oned = pytest.importorskip("support.oned")
+    vm = hypervisor.start(7, threads=2)
+    ok = oned.run_vnm_action("post.d/vaf-cpu-priority", remotes=remotes, vn_mad="bridge",
+                             vm_xml=vnm_xml(7, "<CPU_PRIORITY>batch</CPU_PRIORITY>"),
+                             args=[DEPLOY_ID, "node1"])
+    assert ok.ok, ok
+    assert any(line.startswith("LOG I 7 bridge/post: CPU priority applied: class batch, "
+                               "nice 19 on 3 threads") for line in ok.logs)
+    assert set(thread_nices(vm.pid).values()) == {19}
+    bad = oned.run_vnm_action("post.d/vaf-cpu-priority", remotes=remotes, vn_mad="bridge",
+                              vm_xml=vnm_xml(7, "<CPU_PRIORITY>turbo</CPU_PRIORITY>"),
+                              args=[DEPLOY_ID, "node1"])
+    assert not bad.ok
+    assert bad.reason.startswith("CPU_PRIORITY of VM 7 must be one of interactive, normal, "
+                                 "batch, got 'turbo'")
+
+
+def test_running_hook_through_the_hook_manager(remotes, hypervisor):
+    oned = pytest.importorskip("support.oned")
+    vm = hypervisor.start(8, threads=2)
+    done = oned.run_hook("cpu-priority/vaf-cpu-priority", remotes=remotes,
+                         template_xml=full_xml(8, "<CPU_PRIORITY>interactive</CPU_PRIORITY>"))
+    assert done.ok and done.exit_code == 0
+    assert done.logs[0].startswith("LOG I 8 cpu-priority/vaf-cpu-priority: CPU priority "
+                                   "applied: class interactive, nice -5")
+    assert set(thread_nices(vm.pid).values()) == {-5}
