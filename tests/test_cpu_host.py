@@ -158,6 +158,17 @@ def test_release_goes_back_to_the_deploy_class(hypervisor, host):
     assert cpu.status(7, host)["status"] == "classified"
 
 
+@needs_v1
+def test_a_class_without_weight_means_the_original_weight(hypervisor, host):
+    vm = hypervisor.start(7, cgroup=CGROUP_V1_CPU)
+    cpu.apply(7, cpu.Priority("quiet", 10), "deploy", host)  # nice only
+    cpu.apply(7, BATCH, "squeeze", host)
+    assert shares(vm) == 102
+    result = cpu.release(7, host)
+    assert result["class"] == "quiet" and shares(vm) == 1024
+    assert set(thread_nices(vm.pid).values()) == {10}
+
+
 def test_a_thread_out_of_line_is_caught_by_the_next_squeeze(hypervisor, host):
     vm = hypervisor.start(7, threads=2)
     cpu.apply(7, BATCH, "squeeze", host)

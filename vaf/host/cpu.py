@@ -399,8 +399,10 @@ def _enforce(state: VmState, priority: Priority, qemu: Qemu, host: Host) -> dict
         _set_autogroup_nice(qemu.pid, host.proc, priority.nice)
         result["autogroup_nice"] = priority.nice
     cgroup = _weight_cgroup(state)
-    target = cgroup and priority.target_weight(cgroup.version, int(state.weight_value))
-    if cgroup and target:
+    if cgroup:
+        # A class without a weight means the original one, not whatever a previous layer set.
+        original = int(state.weight_value)
+        target = priority.target_weight(cgroup.version, original) or original
         cgroup.write(target)
         result["weight"] = {"file": cgroup.file, "value": target}
     return result
