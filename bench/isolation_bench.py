@@ -6,7 +6,7 @@ Each repetition runs in a fresh network namespace (root needed), through the sam
 hook and the VNM driver run (policy from the VM XML, host lock, one batch or transaction);
 only the interpreter start-up of the executables is left out, as it is constant.
 
-    python3 bench/isolation_bench.py [--vms 100] [--repeat 5]
+    python3 bench/isolation_bench.py [--vms 100] [--repeat 5] [--backend nft]
 """
 
 from __future__ import annotations
@@ -70,10 +70,10 @@ def inner(backend: str, count: int) -> dict[str, float]:
         return result
 
 
-def outer(vms: int, repeat: int) -> None:
+def outer(vms: int, repeat: int, backends: list[str]) -> None:
     runner = Runner()
     rows = {}
-    for backend in BACKENDS:
+    for backend in backends:
         samples: dict[str, list[float]] = {}
         for _ in range(repeat):
             ns = f"vafbench{os.getpid()}{secrets.token_hex(2)}"
@@ -106,12 +106,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--vms", type=int, default=100)
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--backend", choices=BACKENDS, action="append",
+                        help="only this backend (repeatable; default: all)")
     parser.add_argument("--inner", choices=BACKENDS, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.inner:
         print(json.dumps(inner(args.inner, args.vms)))
     else:
-        outer(args.vms, args.repeat)
+        outer(args.vms, args.repeat, args.backend or list(BACKENDS))
 
 
 if __name__ == "__main__":

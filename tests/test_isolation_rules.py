@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -129,50 +130,70 @@ def test_ebtables_dispatch_listing_is_parsed_by_exact_names():
 
 # -- nftables ---------------------------------------------------------------------------------
 
-def test_nft_apply_script():
-    lines = nft.Script().apply([POLICY]).splitlines()
-    t = "bridge vaf_isolation"
-    for expected in [
-        f"add set {t} net_p02000a0001 {{ type ether_addr; flags interval; auto-merge; }}",
-        f"flush set {t} net_p02000a0001",
-        f"add element {t} net_p02000a0001 {{ 02:00:0a:00:01:00-02:00:0a:00:01:ff }}",
-        f"add element {t} extra_one-7-0 {{ 02:00:0a:00:09:09 }}",
-        f"add rule {t} in_one-7-0 ether saddr @net_p02000a0001 return",
-        f"add rule {t} in_one-7-0 drop",
-        f"add rule {t} out_one-7-0 ether saddr != 02:00:0a:00:01:05 drop",
-        f"add rule {t} out_one-7-0 ether type arp arp saddr ether != 02:00:0a:00:01:05 drop",
-        f"add rule {t} out_one-7-0 ether type arp arp saddr ip != {{ 10.0.1.5, 0.0.0.0 }} drop",
-        f'add element {t} in_ports {{ "one-7-0" : jump in_one-7-0 }}',
-    ]:
-        assert expected in lines
-    # flushing before refilling is what makes a second apply exact
-    assert lines.index(f"flush chain {t} in_one-7-0") < lines.index(
-        f"add rule {t} in_one-7-0 drop")
+T = "bridge vaf_isolation"
+
+
+def test_nft_port_elements():
+    assert [(e.target, e.text) for e in nft.port_elements(POLICY)] == [
+        ("ports", '"one-7-0"'),
+        ("own_mac", '"one-7-0" . 02:00:0a:00:01:05'),
+        ("extra", '"one-7-0" . 02:00:0a:00:09:09'),
+        ("ip_ports", '"one-7-0"'),
+        ("own_ip", '"one-7-0" . 10.0.1.5'),
+        ("own_ip", '"one-7-0" . 0.0.0.0'),
+        ("in_ports", '"one-7-0" : jump net_p02000a0001')]
+
+
+def test_nft_apply_script_adds_only_elements_for_the_vm():
+    lines = nft.Script().apply([POLICY], {}).splitlines()
+    assert f"add element {T} net_p02000a0001 {{ 02:00:0a:00:01:00-02:00:0a:00:01:ff }}" in lines
+    assert f"add rule {T} net_p02000a0001 oifname . ether saddr @extra return" in lines
+    assert f'add element {T} in_ports {{ "one-7-0" : jump net_p02000a0001 }}' in lines
+    # nothing per VM but elements: no chain, set or rule named after the tap
+    assert not [line for line in lines if "one-7-0" in line
+                and not line.startswith(f"add element {T} ")]
 
 
 def test_nft_script_size_does_not_depend_on_other_vms():
-    one = nft.Script().apply([POLICY])
-    other = PortPolicy("one-8-0", "02:00:0a:00:01:06", None, POLICY.network, POLICY.ranges)
-    assert "one-8-0" not in one
-    assert len(nft.Script().remove(["one-7-0"]).splitlines()) == len(
-        nft.Script().remove([other.tap]).splitlines())
+    other = PortPolicy("one-8-0", "02:00:0a:00:01:06", "10.0.1.6", POLICY.network,
+                       POLICY.ranges, POLICY.extra_macs)
+    assert len(nft.Script().apply([POLICY], {}).splitlines()) == len(
+        nft.Script().apply([other], {}).splitlines())
 
 
-def test_nft_remove_adds_before_deleting():
-    lines = nft.Script().remove(["one-7-0"]).splitlines()
-    t = "bridge vaf_isolation"
-    assert lines.index(f'add element {t} in_ports {{ "one-7-0" : jump in_one-7-0 }}') < \
-        lines.index(f'delete element {t} in_ports {{ "one-7-0" }}')
-    assert lines[-1] == f"delete set {t} extra_one-7-0"
+def test_nft_replace_adds_before_deleting_and_deletes_map_keys_only():
+    old = nft.port_elements(POLICY)
+    lines = nft.Script().replace(old, [])
+    assert lines[0] == f"add chain {T} net_p02000a0001"  # the old jump target must exist
+    add = f'add element {T} in_ports {{ "one-7-0" : jump net_p02000a0001 }}'
+    delete = f'delete element {T} in_ports {{ "one-7-0" }}'
+    assert lines.index(add) < lines.index(delete)
+    assert f'delete element {T} own_mac {{ "one-7-0" . 02:00:0a:00:01:05 }}' in lines
 
 
-def test_nft_listing_parsers():
-    listing = ('{"nftables": [{"metainfo": {}}, {"map": {"name": "in_ports", "elem": '
-               '[["one-7-0", {"jump": {"target": "in_one-7-0"}}]]}}]}')
-    assert nft.parse_map_keys(listing) == {"one-7-0"}
-    table = ("table bridge vaf_isolation {\n\tset net_pa {\n\t}\n\tset net_pb {\n\t}\n"
-             "\tchain in_x {\n\t\tether saddr @net_pa return\n\t}\n}\n")
-    assert nft.unused_network_sets(table) == {"net_pb"}
+def test_nft_element_state_lines_round_trip():
+    for element in nft.port_elements(POLICY):
+        assert nft.Element.from_line(element.line()) == element
+
+
+def test_nft_table_listing_is_parsed_per_tap():
+    listing = json.dumps({"nftables": [
+        {"metainfo": {}},
+        {"set": {"name": "ports", "elem": ["one-7-0", "one-8-0"]}},
+        {"set": {"name": "own_mac", "elem": [{"concat": ["one-7-0", "02:00:0a:00:01:05"]}]}},
+        {"set": {"name": "net_pa", "elem": [{"range": ["02:00:0a:00:01:00",
+                                                       "02:00:0a:00:01:ff"]}]}},
+        {"set": {"name": "net_pb"}},
+        {"map": {"name": "in_ports",
+                 "elem": [["one-7-0", {"jump": {"target": "net_pa"}}]]}},
+        {"chain": {"name": "net_pa"}}]})
+    by_tap, defined, used = nft.parse_table(listing)
+    assert sorted(by_tap["one-7-0"]) == sorted([
+        nft.Element("ports", '"one-7-0"'),
+        nft.Element("own_mac", '"one-7-0" . 02:00:0a:00:01:05'),
+        nft.Element("in_ports", '"one-7-0" : jump net_pa')])
+    assert by_tap["one-8-0"] == [nft.Element("ports", '"one-8-0"')]
+    assert (defined, used) == ({"pa", "pb"}, {"pa"})
 
 
 # -- policies from the VM template ---------------------------------------------------------------

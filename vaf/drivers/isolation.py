@@ -46,6 +46,7 @@ EXTRA_MACS = "EXTRA_AUTHORIZED_MACS"
 RANGES_PREFIX = "NETWORK_MAC_RANGES_"
 BACKENDS = ("ebtables", "nft")
 LOCK_NAME = ".vaf-isolation.lock"
+STATE_NAME = ".vaf-isolation"
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,7 @@ class Settings:
     network_ranges: dict[int, tuple[MacRange, ...]]
     vn_mads: tuple[str, ...]  # hook only: NICs it isolates (empty: every NIC)
     lock_file: str
+    state_dir: str
     ebtables: str = "ebtables"
     ebtables_restore: str = "ebtables-restore"
     nft: str = "nft"
@@ -65,6 +67,7 @@ class Settings:
                    network_ranges=_network_ranges(config),
                    vn_mads=config.list("VN_MADS"),
                    lock_file=config.str("LOCK_FILE", os.path.join(remotes, LOCK_NAME)),
+                   state_dir=config.str("STATE_DIR", os.path.join(remotes, STATE_NAME)),
                    ebtables=config.str("EBTABLES", "ebtables"),
                    ebtables_restore=config.str("EBTABLES_RESTORE", "ebtables-restore"),
                    nft=config.str("NFT", "nft"),
@@ -72,7 +75,7 @@ class Settings:
 
     def backend_for(self, runner: Runner) -> EbtablesBackend | NftBackend:
         if self.backend == "nft":
-            return NftBackend(runner, self.nft, self.nft_table)
+            return NftBackend(runner, self.nft, self.nft_table, self.state_dir)
         return EbtablesBackend(runner, self.ebtables, self.ebtables_restore)
 
 
@@ -163,7 +166,7 @@ class Isolation:
         targets = {check_tap(nic.target) for nic in detaching or nics if nic.target}
         with host_lock(self.settings.lock_file):
             if not detaching:
-                targets |= taps_of_vm(self.backend.isolated_taps() or (), vm.vm_id)
+                targets |= taps_of_vm(self.backend.known_taps(), vm.vm_id)
             cleaned = self.backend.clean(targets)
         self.log.info(f"removed the rules of {', '.join(sorted(cleaned)) or 'no tap'}")
         return 0

@@ -157,6 +157,10 @@ class EbtablesBackend:
             return None
         return parse_dispatch(listing.stdout)
 
+    def known_taps(self) -> set[str]:
+        """Taps this host has rules for (clean looks for a VM's taps among them)."""
+        return self.isolated_taps() or set()
+
     def apply(self, policies: Sequence[PortPolicy]) -> None:
         self._restore(apply_batch(policies, self.isolated_taps()))
 
