@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from support.netns import Lab, arp_frame
+from support.oned import run_hook, run_vnm_action
 
 from vaf.host.runner import Result
 from vaf.one.xml import encode_payload
@@ -105,6 +106,18 @@ class Remotes:
     def hook(self, xml: str, mode: str, **kwargs) -> Result:
         return self.execute("hooks/ebtables/vaf-isolation", [encode_payload(xml), mode],
                             **kwargs)
+
+    def shim(self, tmp: Path) -> Path:
+        """A second remotes tree for the oned harness, whose executables enter the lab's
+        host namespace and exec the real ones (the harness runs them in its own)."""
+        for relative in ("vnm/vaf_isolation/post", "vnm/vaf_isolation/clean",
+                         "hooks/ebtables/vaf-isolation"):
+            path = tmp / relative
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text("#!/bin/sh\nexec ip netns exec " + self.lab.host + " "
+                            + str(self.root / relative) + ' "$@"\n')
+            path.chmod(0o755)
+        return tmp
 
     def isolate(self, *machines: Machine) -> None:
         for machine in machines:
@@ -287,3 +300,30 @@ def test_host_side_runs_without_lxml(lab, remotes, tmp_path):
     assert A1.tap in remotes.ruleset()
     result = remotes.hook(WITH_DTD, "apply", env=env)
     assert result.returncode == 2 and "DTD" in reasons(result)[0]
+
+
+# -- as oned runs them (tests/support/oned.py) ----------------------------------------------
+
+def test_oned_runs_the_vnm_driver_and_logs_into_the_vm(lab, remotes, tmp_path):
+    shim = remotes.shim(tmp_path / "shim")
+    xml = vm_xml(11, [nic_xml(0, A1.mac, A1.tap, A1.ip, vn_mad="vaf_isolation")])
+    run = run_vnm_action("post", remotes=shim, vn_mad="vaf_isolation", vm_xml=xml,
+                         args=("deploy-uuid", "node1"))
+    assert run.ok, run.logs
+    assert any(line.startswith("LOG I 11 vaf_isolation/post: isolated one-11-0")
+               for line in run.logs), run.logs
+    assert A1.tap in remotes.ruleset()
+    run = run_vnm_action("clean", remotes=shim, vn_mad="vaf_isolation", vm_xml=xml,
+                         args=("node1",))
+    assert run.ok and A1.tap not in remotes.ruleset()
+
+
+def test_oned_hook_failure_reason_is_one_clear_line(lab, remotes, tmp_path):
+    shim = remotes.shim(tmp_path / "shim")
+    before = remotes.ruleset()
+    run = run_hook("ebtables/vaf-isolation", remotes=shim, extra_args=("apply",),
+                   template_xml=vm_xml(30, [nic_xml(0, "02:00:0a:00:01:zz", "one-30-0")]))
+    assert not run.ok and run.exit_code == 2
+    assert run.reason == ("VM 30 NIC 0: MAC '02:00:0a:00:01:zz' is not a MAC address "
+                          "(xx:xx:xx:xx:xx:xx)")
+    assert remotes.ruleset() == before
