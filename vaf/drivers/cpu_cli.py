@@ -207,7 +207,7 @@ def cpu() -> None:
               help="priority class from the conf (default: SQUEEZE_CLASS)")
 @_selection_options
 def squeeze(class_name, conf, users, groups, attrs, as_json, vmids) -> None:
-    """Lower the CPU priority of the selected VMs on every host at once."""
+    """Give the selected VMs a priority class (SQUEEZE_CLASS) on every host at once."""
     selection = _require(Selection(users, groups, attrs, vmids))
 
     def body(cluster: Cluster) -> list[dict]:
