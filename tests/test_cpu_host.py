@@ -152,6 +152,8 @@ def test_release_goes_back_to_the_deploy_class(hypervisor, host):
     cpu.apply(7, BATCH, "squeeze", host)
     assert set(thread_nices(vm.pid).values()) == {19} and shares(vm) == 102
     assert cpu.status(7, host)["status"] == "squeezed"
+    cpu.apply(7, INTERACTIVE, "deploy", host)  # the hook again (hotplug -> RUNNING)
+    assert set(thread_nices(vm.pid).values()) == {19}  # the squeeze stays in force
     result = cpu.release(7, host)
     assert result["class"] == "interactive"
     assert set(thread_nices(vm.pid).values()) == {-5} and shares(vm) == 2048
