@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -190,6 +192,43 @@ def test_spoofed_arp_is_dropped(lab, remotes):
               arp_frame(A1.mac, A1.mac, A2.ip, "10.0.1.200"),  # claims A2's address
               arp_frame(A1.mac, A1.mac, "0.0.0.0", "10.0.1.200")]  # RFC 5227 probe
     assert lab.frames_received(A1.name, A2.name, frames) == [True, False, False, True]
+
+
+def test_broadcast_stays_inside_the_cluster(lab, remotes):
+    remotes.isolate(*VMS)
+    hello_a = arp_frame(A1.mac, A1.mac, A1.ip, "10.0.1.200")
+    hello_b = arp_frame(B1.mac, B1.mac, B1.ip, "10.0.2.200")
+    assert lab.frames_received(A1.name, A2.name, [hello_a]) == [True]
+    assert lab.frames_received(A1.name, B1.name, [hello_a]) == [False]
+    assert lab.frames_received(B1.name, A1.name, [hello_b]) == [False]
+
+
+def test_concurrent_applies_all_land(lab, remotes):
+    """Hooks of several VMs run at once (oned starts them in parallel): none is lost."""
+    machines = [Machine(f"c{i}", 50 + i, f"02:00:0a:00:03:{i:02x}", f"10.0.3.{i}")
+                for i in range(1, 7)]
+    with ThreadPoolExecutor(len(machines)) as pool:
+        results = list(pool.map(lambda m: remotes.hook(machine_xml(m), "apply"), machines))
+    assert [r.returncode for r in results] == [0] * len(machines), [r.stderr for r in results]
+    rules = remotes.ruleset()
+    assert all(machine.tap in rules for machine in machines)
+
+
+def test_admin_command_shows_and_sweeps(lab, remotes):
+    remotes.isolate(A1, A2)
+    lab.remove_port(A2.tap)
+    conf = str(remotes.root / "etc/vnm/vaf_isolation/vaf_isolation.conf")
+
+    def vaf(*args: str) -> Result:
+        code = f"import sys; sys.path.insert(0, {str(REPO)!r}); from vaf.cli import main; main()"
+        return lab.run(lab.host, [sys.executable, "-c", code, "isolation", *args,
+                                  "--remotes", str(remotes.root), "--conf", conf])
+
+    shown = vaf("show").stdout
+    assert f"backend: {remotes.backend}" in shown
+    assert f"isolated taps: {A1.tap} {A2.tap}" in shown
+    assert vaf("sweep").stdout.strip() == A2.tap
+    assert f"isolated taps: {A1.tap}\n" in vaf("show").stdout
 
 
 # -- rule life cycle ------------------------------------------------------------------------

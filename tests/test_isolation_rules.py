@@ -14,7 +14,7 @@ from vaf.errors import ConfigError, ProtocolError
 from vaf.host import ebtables, nft
 from vaf.host.netfilter import MacRange, PortPolicy, parse_mac, parse_macs, taps_of_vm
 from vaf.one.dispatch import locate, resolve
-from vaf.one.xml import VM, parse_xml
+from vaf.one.xml import VM, parse_xml, parse_xml_stdlib
 
 POLICY = PortPolicy(tap="one-7-0", mac="02:00:0a:00:01:05", ip="10.0.1.5",
                     network="p02000a0001", ranges=(MacRange.prefix_of("02:00:0a:00:01:05"),),
@@ -286,3 +286,23 @@ def test_hook_templates_call_the_hook_remotely(path):
     assert template["TYPE"] == "state" and template["RESOURCE"] == "VM"
     assert template["REMOTE"] == "YES" and template["ARGUMENTS"] == f"$TEMPLATE {mode}"
     assert (REPO / "remotes/hooks" / template["COMMAND"]).is_symlink()
+
+
+# -- the stdlib XML parser the hypervisors use -------------------------------------------------
+
+def test_stdlib_parser_gives_the_same_views_as_lxml():
+    nic = nic_xml(0, "02:00:0a:00:01:05", "one-7-0", "10.0.1.5", extra="02:00:0a:00:09:09")
+    raw = vm_xml(7, [nic, "<!-- a comment -->", nic.replace("<NIC_ID>0", "<NIC_ID>1")],
+                 user_extra="02:00:0a:00:09:0a").replace("<ID>7</ID>", "<ID> 7 </ID>\n  ")
+    assert VM.from_element(parse_xml_stdlib(raw.encode())) == VM.from_element(parse_xml(raw))
+
+
+@pytest.mark.parametrize("raw, message", [
+    ('<!DOCTYPE VM [<!ENTITY x "y">]><VM><ID>1</ID><NAME>&x;</NAME></VM>', "DTD"),
+    ('<!DOCTYPE VM SYSTEM "file:///etc/passwd"><VM><ID>1</ID></VM>', "DTD"),
+    ("<VM><ID>1</ID><NAME>&x;</NAME></VM>", "undefined entity"),
+    ("<VM><ID>1</ID>", "not well-formed"),
+])
+def test_stdlib_parser_refuses_dtds_and_bad_xml(raw, message):
+    with pytest.raises(ProtocolError, match=message):
+        parse_xml_stdlib(raw.encode())
