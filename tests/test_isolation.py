@@ -19,6 +19,7 @@ import pytest
 from support.netns import Lab, arp_frame
 from support.oned import run_hook, run_vnm_action
 
+from vaf.host.ebtables import unhook_batch
 from vaf.host.runner import Result
 from vaf.one.xml import encode_payload
 
@@ -249,6 +250,22 @@ def test_clean_removes_exactly_that_vm(lab, remotes):
     assert A1.tap not in rules
     assert A2.tap in rules and B1.tap in rules
     assert reachability(lab, [(A2, SVC), (A2, B1)]) == {"a2->svc": True, "a2->b1": False}
+
+
+def test_apply_after_a_clean_interrupted_half_way(lab, remotes):
+    """ebtables clean is two batches (jumps, then chains): a crash in between must not make
+    the next apply fail or leave the port unfiltered."""
+    if remotes.backend != "ebtables":
+        pytest.skip("nft clean is a single transaction")
+    remotes.isolate(*VMS)
+    lab.run(lab.host, ["ebtables-restore", "--noflush"], input=unhook_batch([A1.tap]))
+    lab.set_mac(A1.name, UNUSED_A_MAC)
+    assert lab.ping(A1.name, SVC.ip)  # the half-cleaned port is unfiltered: spoofing works
+    remotes.isolate(A1)
+    assert f"-i {A1.tap} -j VAF-O-{A1.tap}" in remotes.ruleset()
+    assert not lab.ping(A1.name, SVC.ip)
+    lab.set_mac(A1.name, A1.mac)
+    assert reachability(lab, [(A1, B1), (A1, A2)]) == {"a1->b1": False, "a1->a2": True}
 
 
 def test_sweep_removes_the_rules_of_vanished_taps(lab, remotes):

@@ -15,6 +15,7 @@ is touched. See ``docs/isolation.md`` for the attributes and the conf file.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -104,9 +105,9 @@ def network_of(nic: Nic, mac: str, settings: Settings) -> tuple[str, tuple[MacRa
 
 def port_policy(vm: VM, nic: Nic, settings: Settings) -> PortPolicy:
     where = f"VM {vm.vm_id} NIC {nic.nic_id}"
-    tap = check_tap(nic.target, f"{where}: TARGET") if nic.target else None
-    if tap is None:
+    if not nic.target:
         raise ProtocolError(f"{where} has no TARGET (tap device): cannot isolate it")
+    tap = check_tap(nic.target, f"{where}: TARGET")
     mac = normalize_mac(nic.mac or "", f"{where}: MAC")
     key, ranges = network_of(nic, mac, settings)
     extra = parse_macs(vm.attribute(EXTRA_MACS), f"VM {vm.vm_id}: {EXTRA_MACS} item")
@@ -119,9 +120,10 @@ def port_policy(vm: VM, nic: Nic, settings: Settings) -> PortPolicy:
 
 
 def _check_ipv4(ip: str, where: str) -> None:
-    parts = ip.split(".")
-    if len(parts) != 4 or not all(p.isdigit() and int(p) < 256 for p in parts):
-        raise ProtocolError(f"{where}: IP {ip!r} is not an IPv4 address")
+    try:
+        ipaddress.IPv4Address(ip)
+    except ValueError:
+        raise ProtocolError(f"{where}: IP {ip!r} is not an IPv4 address") from None
 
 
 def selected_nics(vm: VM, vn_mads: Sequence[str]) -> list[Nic]:

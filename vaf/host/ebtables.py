@@ -25,7 +25,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from vaf.host.netfilter import PortPolicy
-from vaf.host.runner import Runner
+from vaf.host.runner import CommandError, Runner
 
 DISPATCH = "VAF"
 HOOKS = ("FORWARD", "INPUT")  # INPUT too: a spoofed ARP must not poison the host's cache
@@ -162,7 +162,18 @@ class EbtablesBackend:
         return self.isolated_taps() or set()
 
     def apply(self, policies: Sequence[PortPolicy]) -> None:
-        self._restore(apply_batch(policies, self.isolated_taps()))
+        isolated = self.isolated_taps()
+        try:
+            self._restore(apply_batch(policies, isolated))
+        except CommandError:
+            # A clean interrupted between its two batches leaves empty chains without jumps,
+            # which "-N" refuses: delete those of these ports (if any) and try once more.
+            stale = port_chains(p.tap for p in policies if p.tap not in (isolated or set()))
+            deleted = [chain for chain in sorted(stale)
+                       if self._ebtables("-X", chain, check=False).returncode == 0]
+            if not deleted:
+                raise
+            self._restore(apply_batch(policies, isolated))
 
     def clean(self, taps: Iterable[str]) -> set[str]:
         """Remove the rules of ``taps`` (those that have some); return the taps cleaned."""
