@@ -109,13 +109,18 @@ class HostUnreachable(CommandError):
         return one_line(f"cannot run {self.program} on {self.host}: ssh failed: {detail}")
 
 
+# Lines that never say why a command failed: lvm's descriptor-leak warnings, and the generic
+# trailer it prints after the real cause ("Volume group "x" not found").
+_NOISE = ("File descriptor", "WARNING: Running as", "Cannot process volume group")
+
+
 def last_meaningful_line(text: str) -> str:
-    """The last non-empty stderr line, skipping lvm's noise about leaked descriptors."""
-    for line in reversed(text.splitlines()):
-        stripped = line.strip()
-        if stripped and not stripped.startswith(("File descriptor", "WARNING: Running as")):
-            return stripped
-    return ""
+    """The last stderr line that explains the failure (noise skipped, if anything remains)."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    for line in reversed(lines):
+        if not line.startswith(_NOISE):
+            return line
+    return lines[-1] if lines else ""
 
 
 def check_argv(argv: Sequence[str]) -> tuple[str, ...]:
