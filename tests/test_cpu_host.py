@@ -268,7 +268,7 @@ def test_v2_paths_are_resolved_against_the_mount_root(tmp_path):
     proc_root, mount = tmp_path / "proc", tmp_path / "cg"
     domain = mount / "machine.slice" / "machine-qemu\\x2d7\\x2done\\x2d7.scope"
     (domain / "libvirt" / "emulator").mkdir(parents=True)
-    (domain / "libvirt" / "cpu.weight").write_text("100\n")
+    (domain / "cpu.weight").write_text("1024\n")  # libvirt writes cpu_shares verbatim
     (domain / "libvirt" / "emulator" / "cgroup.procs").write_text("4242\n")
     (proc_root / "self").mkdir(parents=True)
     (proc_root / "4242").mkdir()
@@ -278,8 +278,8 @@ def test_v2_paths_are_resolved_against_the_mount_root(tmp_path):
         "0::/host.slice/machine.slice/machine-qemu\\x2d7\\x2done\\x2d7.scope/libvirt/emulator\n")
     found, why = cpu.domain_cgroup(4242, str(proc_root))
     assert why == ""
-    assert found == cpu.CpuCgroup(2, str(domain / "libvirt"))
-    assert found.file.endswith("libvirt/cpu.weight")
+    assert found == cpu.CpuCgroup(2, str(domain))  # the scope: what virsh schedinfo changes
+    assert found.read() == 1024
 
 
 # --- cpuctl, the executable the drivers run -------------------------------------------------

@@ -63,7 +63,12 @@ print(json.dumps(out))
 
 
 def domain(vmid: int) -> str:
-    return f"{BASE}/qemu-{vmid}-one-{vmid}.libvirt-qemu"
+    """libvirt's v2 layout under systemd: the machine scope, libvirt's own child inside."""
+    return f"{BASE}/machine-qemu\\x2d{vmid}\\x2done\\x2d{vmid}.scope"
+
+
+def emulator(vmid: int) -> str:
+    return f"{domain(vmid)}/libvirt/emulator"
 
 
 @pytest.fixture
@@ -79,12 +84,12 @@ def guest(testbed, tmp_path):
     testbed.ssh(f"set -e; mountpoint -q {CGROUP} || mount -t cgroup2 cgroup2 {CGROUP}; "
                 f"echo +cpu > {CGROUP}/cgroup.subtree_control; mkdir -p {BASE}; "
                 f"echo +cpu > {BASE}/cgroup.subtree_control; "
-                f"mkdir -p {domain(7)}/emulator {domain(8)}/emulator")
+                f"mkdir -p {shlex.quote(emulator(7))} {shlex.quote(emulator(8))}")
     pids = {}
     try:
         for vmid in (7, 8):
             args = shlex.join([f"{DEST}/launcher.py", str(vmid), "1", "1",
-                               f"{DEST}/run/libvirt/qemu", f"{domain(vmid)}/emulator"])
+                               f"{DEST}/run/libvirt/qemu", emulator(vmid)])
             testbed.ssh(f"setsid python3 {args} </dev/null >{DEST}/{vmid}.log 2>&1 &")
         for vmid in (7, 8):
             pids[vmid] = _wait_for_threads(testbed, vmid, 3)
@@ -92,8 +97,9 @@ def guest(testbed, tmp_path):
     finally:
         if pids:
             testbed.ssh(["kill", "-9", *map(str, pids.values())], check=False)
-        testbed.ssh(f"sleep 0.5; rmdir {domain(7)}/emulator {domain(8)}/emulator "
-                    f"{domain(7)} {domain(8)} {BASE}", check=False)
+        dirs = [emulator(7), emulator(8), f"{domain(7)}/libvirt", f"{domain(8)}/libvirt",
+                domain(7), domain(8), BASE]
+        testbed.ssh(f"sleep 0.5; rmdir {shlex.join(dirs)}", check=False)
 
 
 def _wait_for_threads(testbed, vmid: int, count: int) -> int:
@@ -116,7 +122,7 @@ def probe(testbed, pids: dict[int, int]) -> dict[int, dict]:
 
 
 def weight(testbed, vmid: int) -> int:
-    return int(testbed.ssh(f"cat {domain(vmid)}/cpu.weight").stdout)
+    return int(testbed.ssh(["cat", f"{domain(vmid)}/cpu.weight"]).stdout)
 
 
 def share_of_7(testbed, pids, seconds: float = 3.0) -> float:

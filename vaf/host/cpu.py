@@ -37,8 +37,11 @@ LAYERS = ("deploy", "squeeze")
 #: renice passes: a thread created during a pass is caught by the next one
 NICE_PASSES = 5
 #: libvirt puts the qemu main thread in ``<domain cgroup>/emulator`` and each vCPU thread in
-#: ``<domain cgroup>/vcpuN``; the weight that competes with other VMs is the parent's
-LIBVIRT_LEAVES = ("emulator",)
+#: ``<domain cgroup>/vcpuN``; the weight that competes with other VMs is the domain's. With
+#: systemd on cgroup v2 the domain is the ``machine-qemu…scope`` and libvirt works in a
+#: ``libvirt`` child of it (``…scope/libvirt/emulator``), so that level is skipped too: it
+#: is what ``virsh schedinfo cpu_shares`` changes there (the scope's CPUWeight).
+LIBVIRT_LEAVES = ("emulator", "libvirt")
 
 
 def _clamp(value: float, low: int, high: int) -> int:
@@ -177,7 +180,7 @@ def domain_cgroup(pid: int, proc_root: str = proc.PROC) -> tuple[CpuCgroup | Non
             directory = _directory(mount, paths[version])
             if directory is None or not os.path.isdir(directory):
                 continue
-            if os.path.basename(directory) in LIBVIRT_LEAVES:
+            while os.path.basename(directory) in LIBVIRT_LEAVES:
                 directory = os.path.dirname(directory)
             if version == 2 and not os.path.exists(os.path.join(directory, "cpu.weight")):
                 # the parent has not enabled the cpu controller for its children
