@@ -304,6 +304,22 @@ def test_cpuctl_reports_json_and_skips_a_missing_vm(hypervisor):
     assert set(thread_nices(vm.pid).values()) == {19}  # nothing half-done
 
 
+def test_a_corrupt_state_file_fails_that_vm_only(hypervisor):
+    hypervisor.start(7)
+    vm8 = hypervisor.start(8)
+    os.makedirs(hypervisor.state_dir)
+    with open(os.path.join(hypervisor.state_dir, "7.json"), "w") as handle:
+        handle.write("{not json")
+    base = [sys.executable, CPUCTL, "--state-dir", hypervisor.state_dir,
+            "--pid-dir", hypervisor.pid_dir]
+    done = Runner().run(base + ["release", "7", "8"], check=False)
+    assert done.returncode == 1
+    vms = {v["vmid"]: v for v in json.loads(done.stdout)["vms"]}
+    assert vms[7]["status"] == "error" and "not a vaf CPU state file" in vms[7]["reason"]
+    assert vms[8]["status"] == "untouched"
+    assert set(thread_nices(vm8.pid).values()) == {0}
+
+
 # --- the effect -----------------------------------------------------------------------------
 
 def _share_of(squeezed, other, seconds: float = 2.0) -> float:

@@ -26,7 +26,7 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 
-from vaf.errors import ConfigError
+from vaf.errors import ConfigError, DriverError
 from vaf.host import proc
 
 # cgroup v1 cpu.shares and v2 cpu.weight ranges (kernel: sched_group_set_shares, cgroup-v2.rst)
@@ -254,6 +254,10 @@ class StateStore:
                 return VmState(**json.load(handle))
         except FileNotFoundError:
             return None
+        except (ValueError, TypeError) as err:
+            # Never guess originals: the admin decides (restore by hand, or remove the file).
+            raise DriverError(f"{self.path(vmid)} is not a vaf CPU state file ({err}); "
+                              f"remove it to start afresh") from None
 
     def save(self, state: VmState) -> None:
         fd, temporary = tempfile.mkstemp(dir=self.directory, prefix=f".{state.vmid}.")

@@ -65,6 +65,8 @@ def _one(args: argparse.Namespace, host: cpu.Host, vmid: int) -> dict:
     except OSError as err:  # permission denied, cgroup removed under us, ...
         where = f": {err.filename}" if err.filename else ""
         return {"vmid": vmid, "status": "error", "reason": f"{err.strerror}{where}"}
+    except VafError as err:  # a corrupt state file: this VM only
+        return {"vmid": vmid, "status": "error", "reason": err.reason}
 
 
 def main(argv: list[str] | None = None) -> int:
