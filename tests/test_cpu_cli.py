@@ -80,6 +80,7 @@ def test_squeeze_a_users_cluster_on_every_host_at_once(cloud):
 
 def test_status_then_release_by_template_attribute(cloud):
     conf, vms, _, _ = cloud
+    assert vaf(conf, "status").output == "no VM has a CPU priority set by vaf\n"
     assert vaf(conf, "squeeze", "--user", "batch").exit_code == 0
     again = vaf(conf, "squeeze", "--group", "atlas")  # idempotent
     assert again.exit_code == 0 and nice_of(vms[7]) == {19}

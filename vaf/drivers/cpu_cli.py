@@ -234,5 +234,8 @@ def status(conf, users, groups, attrs, as_json, vmids) -> None:
 
     def body(cluster: Cluster) -> list[dict]:
         by_host = cluster.select(selection)
-        return cluster.on_hosts(by_host, "status", with_ids=bool(selection))
+        results = cluster.on_hosts(by_host, "status", with_ids=bool(selection))
+        if not results and not selection:
+            cluster.echo("no VM has a CPU priority set by vaf")
+        return results
     _run(conf, as_json, body)
