@@ -68,7 +68,7 @@ copy_tree() {
 install_confs() {
   [ -d "$SRC/remotes/etc" ] || return 0
   (cd "$SRC/remotes/etc" && find . -type f -print0) | while IFS= read -r -d '' conf; do
-    local target="$DEST/etc/$conf"
+    local target="$DEST/etc/${conf#./}"  # find prints ./x: name the file plainly
     mkdir -p "$(dirname "$target")"
     if [ -e "$target" ] && ! cmp -s "$SRC/remotes/etc/$conf" "$target"; then
       cp "$SRC/remotes/etc/$conf" "$target.dist"
