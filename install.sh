@@ -57,7 +57,7 @@ copy_tree() {
   local rel="$1"
   [ -e "$SRC/remotes/$rel" ] || return 0
   mkdir -p "$DEST/$rel"
-  (cd "$SRC/remotes/$rel" && find . -mindepth 1 \( -type f -o -type l \) -print0) |
+  (cd "$SRC/remotes/$rel" && find . -mindepth 1 \( -type f -o -type l \) -printf '%P\0') |
     while IFS= read -r -d '' item; do
       mkdir -p "$DEST/$rel/$(dirname "$item")"
       cp -P --remove-destination "$SRC/remotes/$rel/$item" "$DEST/$rel/$item"
@@ -67,7 +67,7 @@ copy_tree() {
 # Configuration: install only what is missing; ship the new default as .dist.
 install_confs() {
   [ -d "$SRC/remotes/etc" ] || return 0
-  (cd "$SRC/remotes/etc" && find . -type f -print0) | while IFS= read -r -d '' conf; do
+  (cd "$SRC/remotes/etc" && find . -type f -printf '%P\0') | while IFS= read -r -d '' conf; do
     local target="$DEST/etc/${conf#./}"  # find prints ./x: name the file plainly
     mkdir -p "$(dirname "$target")"
     if [ -e "$target" ] && ! cmp -s "$SRC/remotes/etc/$conf" "$target"; then

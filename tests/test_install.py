@@ -50,9 +50,8 @@ def test_installed_launcher_answers_in_oned_format(tmp_path):
 def test_reinstall_keeps_admin_configuration(tmp_path):
     install(tmp_path)
     dest = tmp_path / REMOTES.lstrip("/")
-    confs = sorted((dest / "etc").rglob("*.conf")) if (dest / "etc").exists() else []
-    if not confs:
-        return  # no driver ships a conf file yet
+    confs = sorted((dest / "etc").rglob("*.conf"))
+    assert confs, "the drivers ship their configuration files"
     edited = confs[0]
     edited.write_text("# edited by the admin\n")
     second = install(tmp_path)
