@@ -102,8 +102,7 @@ class Remotes:
 
     def execute(self, relative: str, args: list[str], stdin: str | None = None,
                 env: tuple[str, ...] = ()) -> Result:
-        argv = ["env", *env, str(self.root / relative), *args] if env else \
-            [str(self.root / relative), *args]
+        argv = ["env", *env, str(self.root / relative), *args]
         return self.lab.run(self.lab.host, argv, check=False, input=stdin)
 
     def hook(self, xml: str, mode: str, **kwargs) -> Result:
