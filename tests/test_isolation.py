@@ -251,6 +251,19 @@ def test_clean_removes_exactly_that_vm(lab, remotes):
     assert reachability(lab, [(A2, SVC), (A2, B1)]) == {"a2->svc": True, "a2->b1": False}
 
 
+def test_clean_finds_the_vm_taps_the_template_no_longer_lists(lab, remotes):
+    """A NIC detached while the driver was not told still has rules: clean removes every
+    one-<vmid>-<n>, and only those (one-110-0 belongs to VM 110, not 11)."""
+    nics = [nic_xml(0, A1.mac, A1.tap), nic_xml(1, "02:00:0a:00:01:15", "one-11-1")]
+    other = vm_xml(110, [nic_xml(0, "02:00:0a:00:01:16", "one-110-0")])
+    for xml in (vm_xml(11, nics), other):
+        assert remotes.hook(xml, "apply").returncode == 0
+    result = remotes.hook(vm_xml(11, nics[:1]), "clean")
+    assert "removed the rules of one-11-0, one-11-1" in result.stderr
+    rules = remotes.ruleset()
+    assert "one-11-" not in rules and "one-110-0" in rules
+
+
 def test_apply_after_a_clean_interrupted_half_way(lab, remotes):
     """ebtables clean is two batches (jumps, then chains): a crash in between must not make
     the next apply fail or leave the port unfiltered."""

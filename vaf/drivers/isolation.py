@@ -32,7 +32,6 @@ from vaf.host.netfilter import (
     normalize_mac,
     parse_macs,
     parse_ranges,
-    taps_of_vm,
 )
 from vaf.host.nft import NftBackend
 from vaf.host.runner import Runner
@@ -167,9 +166,7 @@ class Isolation:
         detaching = attaching(nics)
         targets = {check_tap(nic.target) for nic in detaching or nics if nic.target}
         with host_lock(self.settings.lock_file):
-            if not detaching:
-                targets |= taps_of_vm(self.backend.known_taps(), vm.vm_id)
-            cleaned = self.backend.clean(targets)
+            cleaned = self.backend.clean(targets, None if detaching else vm.vm_id)
         self.log.info(f"removed the rules of {', '.join(sorted(cleaned)) or 'no tap'}")
         return 0
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from vaf.host.netfilter import PortPolicy
+from vaf.host.netfilter import PortPolicy, taps_of_vm
 from vaf.host.runner import CommandError, Runner
 
 DISPATCH = "VAF"
@@ -157,10 +157,6 @@ class EbtablesBackend:
             return None
         return parse_dispatch(listing.stdout)
 
-    def known_taps(self) -> set[str]:
-        """Taps this host has rules for (clean looks for a VM's taps among them)."""
-        return self.isolated_taps() or set()
-
     def apply(self, policies: Sequence[PortPolicy]) -> None:
         isolated = self.isolated_taps()
         try:
@@ -175,9 +171,11 @@ class EbtablesBackend:
                 raise
             self._restore(apply_batch(policies, isolated))
 
-    def clean(self, taps: Iterable[str]) -> set[str]:
-        """Remove the rules of ``taps`` (those that have some); return the taps cleaned."""
-        present = set(taps) & (self.isolated_taps() or set())
+    def clean(self, taps: Iterable[str], vm_id: int | None = None) -> set[str]:
+        """Remove the rules of ``taps`` and, given ``vm_id``, of every ``one-<vm_id>-<n>``;
+        return the taps that had rules."""
+        isolated = self.isolated_taps() or set()
+        present = (set(taps) | taps_of_vm(isolated, vm_id)) & isolated
         self._remove(present)
         return present
 

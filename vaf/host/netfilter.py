@@ -158,7 +158,9 @@ def host_lock(path: str) -> Iterator[None]:
         os.close(fd)
 
 
-def taps_of_vm(taps: Iterable[str], vm_id: int) -> set[str]:
+def taps_of_vm(taps: Iterable[str], vm_id: int | None) -> set[str]:
     """The default tap names of VM ``vm_id`` (``one-<vmid>-<nic>``), matched exactly."""
+    if vm_id is None:
+        return set()
     pattern = re.compile(rf"^one-{vm_id}-\d+$")
     return {tap for tap in taps if pattern.match(tap)}

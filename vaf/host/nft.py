@@ -40,7 +40,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from vaf.errors import VafError
-from vaf.host.netfilter import PortPolicy
+from vaf.host.netfilter import PortPolicy, taps_of_vm
 from vaf.host.runner import Runner
 
 TABLE = "vaf_isolation"
@@ -259,10 +259,6 @@ class NftBackend:
         except FileNotFoundError:
             pass
 
-    def known_taps(self) -> set[str]:
-        """Taps with a state file: no need to list the kernel's table."""
-        return self.recorded_taps()
-
     def recorded_taps(self) -> set[str]:
         try:
             return {name for name in os.listdir(self.state_dir) if not name.endswith(".new")}
@@ -297,8 +293,10 @@ class NftBackend:
         for policy in policies:
             self._record(policy.tap, port_elements(policy))
 
-    def clean(self, taps: Iterable[str]) -> set[str]:
-        taps = set(taps)
+    def clean(self, taps: Iterable[str], vm_id: int | None = None) -> set[str]:
+        """Remove the elements of ``taps`` and, given ``vm_id``, of every ``one-<vm_id>-<n>``
+        with a state file; return the taps that had elements."""
+        taps = set(taps) | taps_of_vm(self.recorded_taps(), vm_id)
         old = {tap: self._recorded(tap) for tap in taps}
         if any(elements is None for elements in old.values()):
             kernel = self._in_kernel()
