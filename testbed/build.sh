@@ -121,7 +121,8 @@ build_kernel() {
     apt_update_once
     local kpkg kver tmp
     # Resolve the metapackage's current dependency: never pin a version.
-    kpkg=$(apt-cache depends "$KERNEL_META" | awk '/Depends: linux-image-/{print $2; exit}')
+    kpkg=$(apt-cache depends "$KERNEL_META" 2>/dev/null |
+        awk '/Depends: linux-image-/{print $2; exit}') || true
     [[ -n $kpkg ]] || die "cannot resolve a kernel package from $KERNEL_META"
     tmp="$DIR/kernel.tmp"
     rm -rf "$tmp"
