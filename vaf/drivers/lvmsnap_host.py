@@ -35,6 +35,7 @@ from vaf.one.log import DriverLog
 MB = 1024 * 1024
 _DD_BYTES_RE = re.compile(r"^(\d+) bytes")
 STALE_FILL_WAIT_SECONDS = 600
+EXTENT_MB = 4  # lvm's default extent size: sizes round up to it
 
 
 _SETTINGS_DEFAULTS = {
@@ -268,6 +269,22 @@ def make_room(host: Host, volumes: Mapping[str, LogicalVolume], need_mb: int,
         host.lvm(lvmargv.lvremove_argv(host.vg.name, name))
 
 
+def create_with_room(host: Host, volumes: Mapping[str, LogicalVolume], argv: list[str],
+                     need_mb: int, keep: tuple[str, ...] = ()) -> None:
+    """Run an lvcreate that takes VG space; only if lvm finds too little, evict and retry.
+
+    Asking lvm first spares a ``vgs`` on every fill; eviction needs the listing anyway.
+    """
+    try:
+        host.lvm(argv)
+        return
+    except CommandError as err:
+        if "insufficient free space" not in err.stderr.lower():
+            raise
+    make_room(host, volumes, -(-need_mb // EXTENT_MB) * EXTENT_MB, keep)
+    host.lvm(argv)
+
+
 def wait_until_closed(host: Host, name: str, limit: float = STALE_FILL_WAIT_SECONDS) -> None:
     """A killed fill may leave its dd writing for a while: wait for it to let go."""
     deadline = time.monotonic() + limit
@@ -303,8 +320,8 @@ def create_volume(host: Host, volumes: Mapping[str, LogicalVolume], name: str, s
         host.lvm(lvmargv.lvcreate_thin_argv(host.vg.name, host.settings.pool, name, size_mb,
                                             tags))
     else:
-        make_room(host, volumes, size_mb)
-        host.lvm(lvmargv.lvcreate_linear_argv(host.vg.name, name, size_mb, tags))
+        create_with_room(host, volumes,
+                         lvmargv.lvcreate_linear_argv(host.vg.name, name, size_mb, tags), size_mb)
 
 
 def remove_if_idle(host: Host, volumes: Mapping[str, LogicalVolume], name: str) -> None:
@@ -357,17 +374,16 @@ def fill_cache(host: Host, image: ImageStat, volumes: Mapping[str, LogicalVolume
         wait_until_closed(host, fill)
     host.checkpoint("fill-start")
     with host.metadata_lock():
-        volumes = host.vg.lvs()
+        volumes = host.vg.lvs()  # again: it may have changed while we waited for the lock
         if fill in volumes:
             host.log.info(f"removing {fill}, left over by an interrupted fill")
             host.lvm(lvmargv.lvremove_argv(host.vg.name, fill))
         remove_stale_fills(host, volumes)
-        volumes = host.vg.lvs()
         if host.settings.mode == "thin":
             ensure_pool(host, volumes)  # before the fill takes the room the pool needs
-        make_room(host, volumes, image.size_mb)
-        host.lvm(lvmargv.lvcreate_linear_argv(host.vg.name, fill, image.size_mb,
-                                              cache.cache_tags(image, now()), wipe=False))
+        create_with_room(host, volumes, lvmargv.lvcreate_linear_argv(
+            host.vg.name, fill, image.size_mb, cache.cache_tags(image, now()), wipe=False),
+            image.size_mb)
     host.checkpoint("after-create")
     try:
         copy_and_verify(host, image, host.vg.path(fill))
