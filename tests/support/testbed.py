@@ -240,11 +240,12 @@ class Testbed:
         run_dir = Path(tempfile.mkdtemp(prefix=RUN_DIR_PREFIX))
         self._alive_lock = open(run_dir / "alive.lock", "w")  # held until stop()
         fcntl.flock(self._alive_lock, fcntl.LOCK_EX)
-        # The path goes on qemu's option lines (',' separates options) and on the kernel
-        # command line (whitespace separates parameters).
-        if re.search(r"[\s,]", str(run_dir)):
-            shutil.rmtree(run_dir)
-            raise TestbedError(f"run dir path {run_dir} must not contain whitespace or ','")
+        # Both paths go on qemu's option lines (',' separates options), the run dir also on
+        # the kernel command line (whitespace separates parameters).
+        for path in (run_dir, self.build_dir):
+            if re.search(r"[\s,]", str(path)):
+                shutil.rmtree(run_dir)
+                raise TestbedError(f"path {path} must not contain whitespace or ','")
         run_dir.chmod(0o755)
         self.run_dir = run_dir
         shared = run_dir / "shared"
