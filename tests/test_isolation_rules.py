@@ -107,6 +107,16 @@ def test_ebtables_reapply_refills_without_new_jumps(isolated, creates):
     assert ("-A VAF -o one-7-0 -j VAF-I-one-7-0" in lines) is creates
 
 
+@pytest.mark.parametrize("listing, entries", [
+    ("Bridge table: filter\n\nBridge chain: VAF-I-one-7-0, entries: 3, policy: RETURN\n"
+     "-s 02:00:0a:00:01:00/ff:ff:ff:ff:ff:00 -j RETURN\n", 3),
+    ("Bridge table: filter\n\nBridge chain: VAF-I-one-7-0, entries: 0, policy: RETURN\n", 0),
+    ("", None),
+])
+def test_ebtables_chain_entries(listing, entries):
+    assert ebtables.chain_entries(listing) == entries
+
+
 def test_ebtables_without_ip_has_no_arp_ip_rules():
     policy = PortPolicy("one-7-0", POLICY.mac, None, POLICY.network, POLICY.ranges)
     assert not any("--arp-ip-src" in rule for rule in ebtables.out_rules(policy))

@@ -21,6 +21,7 @@ a second batch; a crash between the two leaves chains without effect, which the 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -81,8 +82,8 @@ def port_lines(policy: PortPolicy, present: bool) -> list[str]:
 def apply_batch(policies: Sequence[PortPolicy], isolated: set[str] | None) -> str:
     """The whole ``ebtables-restore`` input for applying ``policies``.
 
-    ``isolated`` is the set of taps with jumps in ``VAF``, or ``None`` when ``VAF`` does not
-    exist yet (then the batch creates it and hooks it first in FORWARD and INPUT).
+    ``isolated``: taps whose chains and jumps exist, or ``None`` when ``VAF`` does not exist
+    yet (then the batch creates it and hooks it first in FORWARD and INPUT).
     """
     lines = []
     if isolated is None:
@@ -92,6 +93,12 @@ def apply_batch(policies: Sequence[PortPolicy], isolated: set[str] | None) -> st
     for policy in policies:
         lines += port_lines(policy, policy.tap in isolated)
     return batch(lines)
+
+
+def chain_entries(listing: str) -> int | None:
+    """The number of rules in an ``ebtables -L <chain>`` listing (None: no header)."""
+    match = re.search(r"^Bridge chain: \S+, entries: (\d+),", listing, re.MULTILINE)
+    return int(match.group(1)) if match else None
 
 
 def unhook_batch(taps: Iterable[str]) -> str:
@@ -157,7 +164,35 @@ class EbtablesBackend:
             return None
         return parse_dispatch(listing.stdout)
 
+    def _port_state(self, tap: str) -> str:
+        """``absent``, ``present`` or ``stale``, from the port's own inbound chain.
+
+        Listing one chain costs the same whatever the number of VMs (listing VAF does not).
+        A chain with rules always has its jumps: both are made in one batch, and clean
+        removes the jumps and empties the chains in one batch. An existing but empty chain
+        is what a clean interrupted before its second batch leaves.
+        """
+        listing = self._ebtables("-L", in_chain(tap), check=False)
+        if listing.returncode != 0:
+            return "absent"
+        return "present" if chain_entries(listing.stdout) else "stale"
+
+    def _hooked(self) -> bool:
+        forward = self._ebtables("-L", "FORWARD", check=False).stdout.splitlines()
+        return f"-j {DISPATCH}" in (line.strip() for line in forward)
+
     def apply(self, policies: Sequence[PortPolicy]) -> None:
+        states = {p.tap: self._port_state(p.tap) for p in policies}
+        if "stale" in states.values():
+            self._apply_exactly(policies)
+            return
+        present = {tap for tap, state in states.items() if state == "present"}
+        try:
+            self._restore(apply_batch(policies, present if present or self._hooked() else None))
+        except CommandError:
+            self._apply_exactly(policies)  # something else changed the table: read it
+
+    def _apply_exactly(self, policies: Sequence[PortPolicy]) -> None:
         isolated = self.isolated_taps()
         try:
             self._restore(apply_batch(policies, isolated))
