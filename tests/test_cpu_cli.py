@@ -106,7 +106,8 @@ def test_an_unreachable_host_fails_alone(cloud):
     write_cloud(str(data), CLOUD + [CannedVm(13, "batch", "atlas", "down")])
     done = vaf(conf, "squeeze", "--user", "batch", "--class", "normal")
     assert done.exit_code == 1
-    assert ("     -  down          failed: cannot run python3 on down: ssh failed: ssh: "
+    python = os.path.basename(sys.executable)  # the conf's PYTHON (python3, or a venv's python)
+    assert (f"     -  down          failed: cannot run {python} on down: ssh failed: ssh: "
             "connect to host down port 22: No route to host") in done.output.splitlines()
     assert nice_of(vms[7]) == {0} and "applied: class normal" in done.output
 
