@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -23,11 +24,12 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO))
 
-from support.lvmsnap_env import SYS_DS, LvmsnapEnv  # noqa: E402
+from support.lvmsnap_env import REMOTE_DIR, SYS_DS, LvmsnapEnv  # noqa: E402
 from support.testbed import Testbed  # noqa: E402
 
 VG = f"vg-one-{SYS_DS}"
 POOL = "vaf-pool"
+COPY = "/var/tmp/bench-image"  # where the seed's way puts the image on the host
 
 
 def median_time(action: Callable[[], object], repeat: int,
@@ -72,10 +74,11 @@ class Bench:
         ok(self.env.delete(vmid, None))
 
     def drop_caches(self) -> None:
-        self.env.guest(f"for lv in $(lvs --noheadings -o lv_name {VG} | grep -E 'lv-one-|bench-');"
-                       f" do lvremove -qfy {VG}/$lv; done; "
-                       f"for lv in $(lvs --noheadings -o lv_name {VG} | grep vaf-cache-); "
-                       f"do lvremove -qfy {VG}/$lv; done; rm -rf /var/lib/one/datastores/{SYS_DS}/*")
+        # VM disks first: lvm refuses to remove a cache that still has snapshots
+        for pattern in ("'lv-one-|bench-'", "vaf-cache-"):
+            self.env.guest(f"for lv in $(lvs --noheadings -o lv_name {VG} | grep -E {pattern});"
+                           f" do lvremove -qfy {VG}/$lv; done")
+        self.env.guest(f"rm -rf /var/lib/one/datastores/{SYS_DS}/*")
 
     def cache_name(self) -> str:
         return next(iter(self.env.caches()))
@@ -105,6 +108,12 @@ class Bench:
         baseline = median_time(bare, self.repeat)
         self.row("warm clone (driver) / lvcreate -s + ln -s in one ssh", measured, baseline,
                  "<= 1.3")
+        lib = f"{REMOTE_DIR}/vaf/lib"
+        start = median_time(lambda: self.env.tb.ssh(
+            f"cd {lib} && python3 -S -c 'import vaf.host.command, vaf.drivers.lvmsnap_host'",
+            user="oneadmin"), self.repeat)
+        self.row("  of which: ssh + host python start-up / the same baseline", start, baseline,
+                 "(info)")
         self.drop_caches()
 
     def cold_fill(self) -> None:
@@ -118,31 +127,34 @@ class Bench:
 
         whole = median_time(driver, self.repeat, reset=self.drop_caches)
         fill = statistics.median(fills)
-        size = f"{self.image_mb}M"
+        raw_lv = f"/dev/{VG}/bench-raw"
+        dd = f"dd if={{}} of={raw_lv} bs=4M oflag=direct conv=fsync status=none"
+        create = f"lvcreate -qy -n bench-raw -L {self.image_mb}M {VG} >/dev/null"
 
-        def raw_dd() -> None:
-            self.env.guest(f"lvcreate -qy -n bench-raw -L {size} {VG} >/dev/null && "
-                           f"dd if={self.image} of=/dev/{VG}/bench-raw bs=4M oflag=direct "
-                           f"conv=fsync status=none; lvremove -qfy {VG}/bench-raw >/dev/null")
+        def fresh_lv() -> None:
+            self.env.guest(f"lvremove -qfy {VG}/bench-raw >/dev/null 2>&1; {create}")
+
+        def no_lv() -> None:
+            self.env.guest(f"lvremove -qfy {VG}/bench-raw >/dev/null 2>&1; rm -f {COPY}")
+
+        raw = median_time(lambda: self.env.guest(dd.format(self.image)), self.repeat, fresh_lv)
+        raw_whole = median_time(lambda: self.env.guest(f"{create} && {dd.format(self.image)}"),
+                                self.repeat, no_lv)
 
         def scp_then_dd() -> None:
-            target = "/var/tmp/bench-image"
             tb = self.env.tb
-            import subprocess
-            subprocess.run(["scp", "-q", "-F", tb.ssh_config, self.image, f"{tb.host}:{target}"],
+            subprocess.run(["scp", "-q", "-F", tb.ssh_config, self.image, f"{tb.host}:{COPY}"],
                            check=True)
-            self.env.guest(f"lvcreate -qy -n bench-raw -L {size} {VG} >/dev/null && "
-                           f"dd if={target} of=/dev/{VG}/bench-raw bs=4M oflag=direct "
-                           f"conv=fsync status=none; lvremove -qfy {VG}/bench-raw >/dev/null; "
-                           f"rm -f {target}")
+            self.env.guest(f"{create} && {dd.format(COPY)}")
 
-        raw = median_time(raw_dd, self.repeat)
-        seed = median_time(scp_then_dd, self.repeat)
-        self.row(f"cold fill, copy stage: raw dd / driver ({self.image_mb} MB image)", fill, raw,
-                 ">= 0.9", invert=True)
-        self.row("cold clone, whole action: raw lvcreate+dd / driver", whole, raw, "(info)",
+        seed = median_time(scp_then_dd, self.repeat, no_lv)
+        no_lv()
+        self.row(f"cold fill, copy stage: raw dd / driver's dd ({self.image_mb} MB image)", fill,
+                 raw, ">= 0.9", invert=True)
+        self.row("cold clone, whole action: raw lvcreate + dd / driver", whole, raw_whole,
+                 "(info)", invert=True)
+        self.row("cold clone: seed's scp + lvcreate + dd / driver", whole, seed, "> 1",
                  invert=True)
-        self.row("cold clone: seed's scp-then-dd / driver", whole, seed, "> 1", invert=True)
         self.one_cold = whole
 
     def concurrent_cold(self) -> None:

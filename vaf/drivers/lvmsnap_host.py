@@ -88,7 +88,10 @@ class Host:
         self.vg = VolumeGroup(self.settings.vg, self.runner)
 
     def lvm(self, argv: list[str], **kwargs):
-        return self.runner.run(argv, sudo=True, **kwargs)
+        result = self.runner.run(argv, sudo=True, **kwargs)
+        # for the admin (oned.log) and the benchmark: where a slow action spends its time
+        self.log.debug(f"{argv[0]} {argv[-1]}: {result.seconds:.2f} s")
+        return result
 
     def metadata_lock(self):
         return locks.exclusive(self.settings.lock_dir, f"lvm-{self.vg.name}")
@@ -347,43 +350,32 @@ def stat_image(path: str) -> ImageStat:
         raise DriverError(f"cannot read image {path} on {hostname()}: {err.strerror}") from None
 
 
-def ensure_cache(host: Host, image: ImageStat) -> str:
-    """The name of a complete cache LV of ``image``, filling one if needed (cold path)."""
-    key = image.key
-    name = cache.cache_name(key)
+def start_fill(host: Host, image: ImageStat, volumes: Mapping[str, LogicalVolume]) -> bool:
+    """Create the empty ``vaf-fill-<key>`` (caller holds the fill and the metadata locks).
 
-    def waiting() -> None:
-        host.log.info(f"waiting for another clone filling the cache of {image.path}")
-
-    with locks.exclusive(host.settings.lock_dir, fill_lock(host, key), on_wait=waiting):
-        volumes = host.vg.lvs()
-        if name not in volumes:
-            fill_cache(host, image, volumes)
-    return name
-
-
-def fill_cache(host: Host, image: ImageStat, volumes: Mapping[str, LogicalVolume]) -> None:
-    """Copy ``image`` into ``vaf-fill-<key>``, verify, make it read-only, rename it.
-
-    Runs under the image's fill lock. A fill LV of this key that still exists was left by a
-    filler that died (we hold its lock): remove it first.
+    A fill LV of this key that still exists was left by a filler that died (we hold its
+    lock): it is removed first, unless a dd it started still has it open (then False: the
+    caller waits for that dd outside the metadata lock and calls again).
     """
-    key = image.key
-    fill = cache.fill_name(key)
-    if fill in volumes:
-        wait_until_closed(host, fill)
+    fill = cache.fill_name(image.key)
     host.checkpoint("fill-start")
-    with host.metadata_lock():
-        volumes = host.vg.lvs()  # again: it may have changed while we waited for the lock
-        if fill in volumes:
-            host.log.info(f"removing {fill}, left over by an interrupted fill")
-            host.lvm(lvmargv.lvremove_argv(host.vg.name, fill))
-        remove_stale_fills(host, volumes)
-        if host.settings.mode == "thin":
-            ensure_pool(host, volumes)  # before the fill takes the room the pool needs
-        create_with_room(host, volumes, lvmargv.lvcreate_linear_argv(
-            host.vg.name, fill, image.size_mb, cache.cache_tags(image, now()), wipe=False),
-            image.size_mb)
+    if fill in volumes:
+        if volumes[fill].open:
+            return False
+        host.log.info(f"removing {fill}, left over by an interrupted fill")
+        host.lvm(lvmargv.lvremove_argv(host.vg.name, fill))
+    remove_stale_fills(host, volumes)
+    if host.settings.mode == "thin":
+        ensure_pool(host, volumes)  # before the fill takes the room the pool needs
+    create_with_room(host, volumes, lvmargv.lvcreate_linear_argv(
+        host.vg.name, fill, image.size_mb, cache.cache_tags(image, now()), wipe=False),
+        image.size_mb)
+    return True
+
+
+def finish_fill(host: Host, image: ImageStat, snapshot: tuple) -> None:
+    """Copy and verify, then (one metadata lock hold) seal, rename, and make the VM disk."""
+    fill = cache.fill_name(image.key)
     host.checkpoint("after-create")
     try:
         copy_and_verify(host, image, host.vg.path(fill))
@@ -394,7 +386,9 @@ def fill_cache(host: Host, image: ImageStat, volumes: Mapping[str, LogicalVolume
     with host.metadata_lock():
         host.lvm(seal_argv(host, fill))
         host.checkpoint("before-rename")
-        host.lvm(lvmargv.lvrename_argv(host.vg.name, fill, cache.cache_name(key)))
+        host.lvm(lvmargv.lvrename_argv(host.vg.name, fill, cache.cache_name(image.key)))
+        if try_snapshot(host, *snapshot) is not None:
+            raise DriverError(f"cache {snapshot[0]} vanished while cloning {image.path}")
 
 
 def seal_argv(host: Host, fill: str) -> list[str]:
@@ -442,25 +436,26 @@ def snapshot_argv(host: Host, origin: str, origin_mb: int, disk: str, tags: list
     return lvmargv.lvcreate_classic_snapshot_argv(vg, origin, disk, cow, tags)
 
 
-def snapshot_cache(host: Host, origin: str, origin_mb: int, disk: str, tags: list[str]) -> bool:
-    """Make ``disk`` a snapshot of cache ``origin``; False if there is no such cache.
+def try_snapshot(host: Host, origin: str, origin_mb: int, disk: str,
+                 tags: list[str]) -> Mapping[str, LogicalVolume] | None:
+    """Make ``disk`` a snapshot of cache ``origin`` (caller holds the metadata lock).
 
-    The hot path is one lvcreate under the lock, without looking first: the rare cases (no
-    cache yet, no pool yet, a volume left by a failed earlier attempt, an origin lvm wants
-    inactive or active, a COW needing room) are diagnosed with ``lvs`` only after it fails.
+    Returns None when done, else the VG listing, in which there is no such cache. The hot
+    path is one lvcreate, without looking first: the rare cases (no cache yet, no pool yet,
+    a volume left by a failed earlier attempt, an origin lvm wants inactive or active, a COW
+    needing room) are diagnosed with ``lvs`` only after it fails.
     """
     argv = snapshot_argv(host, origin, origin_mb, disk, tags)
-    with host.metadata_lock():
-        try:
-            host.lvm(argv)
-            return True
-        except CommandError:
-            volumes = host.vg.lvs()
-            if origin not in volumes:
-                return False
-            prepare_snapshot(host, volumes, origin, disk, argv)
+    try:
         host.lvm(argv)
-    return True
+        return None
+    except CommandError:
+        volumes = host.vg.lvs()
+        if origin not in volumes:
+            return volumes
+        prepare_snapshot(host, volumes, origin, disk, argv)
+    host.lvm(argv)
+    return None
 
 
 def prepare_snapshot(host: Host, volumes: Mapping[str, LogicalVolume], origin: str, disk: str,
@@ -508,10 +503,25 @@ def clone(params: Mapping[str, object], log: DriverLog) -> int:
     size_mb = max(host.optional("size_mb", int) or 0, image.size_mb)
     origin = cache.cache_name(image.key)
     tags = vm_disk_tags(host)
-    if not snapshot_cache(host, origin, image.size_mb, disk, tags):
-        ensure_cache(host, image)
-        if not snapshot_cache(host, origin, image.size_mb, disk, tags):
-            raise DriverError(f"cache {origin} vanished while cloning {image.path}")
+
+    def waiting() -> None:
+        log.info(f"waiting for another clone of {image.path} on this host (filling its cache)")
+
+    snapshot = (origin, image.size_mb, disk, tags)
+    # The image's fill lock is taken before even trying the snapshot: when many VMs of an
+    # uncached image start together, one fills while the others wait here, instead of each
+    # first paying a failed lvcreate under the VG lock. The cold path keeps the metadata
+    # lock from the failed lvcreate to the new fill LV, so its listing stays true.
+    with locks.exclusive(host.settings.lock_dir, fill_lock(host, image.key), on_wait=waiting):
+        with host.metadata_lock():
+            volumes = try_snapshot(host, *snapshot)
+            started = volumes is not None and start_fill(host, image, volumes)
+        if volumes is not None:
+            if not started:
+                wait_until_closed(host, cache.fill_name(image.key))
+                with host.metadata_lock():
+                    start_fill(host, image, host.vg.lvs())
+            finish_fill(host, image, snapshot)
     grow(host, disk, size_mb, image.size_mb)
     prepare_vm_dir(dst)
     replace_symlink(host.vg.path(disk), dst)
