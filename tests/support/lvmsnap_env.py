@@ -67,6 +67,11 @@ class LvmsnapEnv:
         self.set_conf(**(conf or {}))
         tb.sync_remotes(self.remotes, dest=REMOTE_DIR)
         self.sequence = 0
+        # The launcher's "#!/usr/bin/env python3" should find this interpreter directly, as
+        # it finds /usr/bin/python3 on a front-end, not a version manager's shell-script shim
+        # (which costs more than the whole driver's start-up).
+        path = os.environ.get("PATH", "")
+        self.mad_env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{path}")
 
     # -- front-end side --------------------------------------------------------------------
 
@@ -89,12 +94,12 @@ class LvmsnapEnv:
         path = directory / f"transfer.{self.sequence}.prolog"
         path.write_text("\n".join(lines) + "\n")
         out = oned.run_transfer_file(path, remotes=self.remotes, drivers="lvmsnap",
-                                     action_id=vmid, var_dir=self.var)
+                                     action_id=vmid, var_dir=self.var, env=self.mad_env)
         return oned.parse_reply(out)
 
     def command(self, vmid: int, line: str, stdin: bytes = b"") -> oned.Reply:
         out = oned.run_tm_command(line, remotes=self.remotes, action_id=vmid,
-                                  var_dir=self.var, stdin=stdin)
+                                  var_dir=self.var, stdin=stdin, env=self.mad_env)
         return oned.parse_reply(out)
 
     def monitor(self, ds_id: int, template: str = "") -> list[str]:
@@ -104,7 +109,8 @@ class LvmsnapEnv:
                    "</DATASTORE_LOCATION><MONITOR_VM_DISKS>0</MONITOR_VM_DISKS>"
                    "</DS_DRIVER_ACTION_DATA>")
         return oned.run_ds_monitor(ds_id, payload, remotes=self.remotes,
-                                   allowed_system="lvmsnap", var_dir=self.var)
+                                   allowed_system="lvmsnap", var_dir=self.var,
+                                   env=self.mad_env)
 
     # -- lines oned would write --------------------------------------------------------------
 
