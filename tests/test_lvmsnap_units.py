@@ -14,7 +14,7 @@ from vaf.drivers.lvmsnap_cache import ImageStat, NoRoom, choose_evictions, class
 from vaf.errors import DriverError
 from vaf.host import fs, iso
 from vaf.host import lvm as L
-from vaf.host.runner import CommandError
+from vaf.host.runner import CommandError, HostUnreachable
 from vaf.one.dispatch import locate
 
 REPO = Path(__file__).resolve().parent.parent
@@ -232,6 +232,17 @@ def test_relay_passes_tagged_lines_and_keeps_the_reason():
     failure = relay.failure(CommandError(["python3"], "testhv", 1), "lvmsnap clone")
     assert failure.reason == "volume group vg-one-100 has 3 MB free"
     assert failure.details() == []
+
+
+def test_a_host_command_killed_by_a_signal_is_not_reported_as_an_ssh_failure():
+    relay = lvmsnap.Relay(io.StringIO())
+    relay.line("INFO: 7 lvmsnap/clone: filling cache from /x (8 MB)")
+    failure = relay.failure(HostUnreachable(["python3"], "testhv", 255), "lvmsnap clone")
+    assert failure.reason == ("lvmsnap clone on testhv ended abnormally (killed, or the "
+                              "connection was lost)")
+    silent = lvmsnap.Relay(io.StringIO())
+    err = HostUnreachable(["python3"], "testhv", 255, stderr="ssh: connect refused")
+    assert silent.failure(err, "lvmsnap clone") is err
 
 
 def test_every_fs_lvm_action_exists_in_remotes():

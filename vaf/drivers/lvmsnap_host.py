@@ -144,7 +144,7 @@ def remove_path(path: str) -> None:
     except FileNotFoundError:
         pass
     except IsADirectoryError:
-        import shutil
+        import shutil  # only the VM-dir delete needs it: keep it off the clone's imports
 
         shutil.rmtree(path, ignore_errors=True)
 
