@@ -141,13 +141,19 @@ class LvmsnapEnv:
     def image(self, name: str, size_mb: float, seed: int) -> tuple[str, str]:
         """Write a deterministic pseudo-random image; (path, sha256)."""
         path = Path(self.tb.shared_dir) / name
-        data = random.Random(seed).randbytes(int(size_mb * MB))
+        generator, digest = random.Random(seed), hashlib.sha256()
         temporary = path.with_name(path.name + ".tmp")
-        temporary.write_bytes(data)
+        left = int(size_mb * MB)
+        with open(temporary, "wb") as handle:
+            while left:  # in chunks: randbytes cannot make hundreds of MB at once
+                chunk = generator.randbytes(min(left, 16 * MB))
+                handle.write(chunk)
+                digest.update(chunk)
+                left -= len(chunk)
         if os.geteuid() == 0:
             os.chown(temporary, ONEADMIN_UID, ONEADMIN_UID)
         os.replace(temporary, path)
-        return str(path), hashlib.sha256(data).hexdigest()
+        return str(path), digest.hexdigest()
 
     # -- the hypervisor -------------------------------------------------------------------------
 
