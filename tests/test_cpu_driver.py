@@ -15,8 +15,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from support.cpu import CGROUP_V1_CPU, Hypervisor, read_int, thread_nices, v1_cpu_available
 
+from support.cpu import CGROUP_V1_CPU, Hypervisor, read_int, thread_nices, v1_cpu_available
 from vaf.config import DriverConfig
 from vaf.drivers.cpu import Settings, describe, parse_class
 from vaf.errors import ConfigError

@@ -12,6 +12,7 @@ import sys
 import time
 
 import pytest
+
 from support.cpu import (
     CGROUP_V1_CPU,
     CGROUP_V2,
@@ -22,7 +23,6 @@ from support.cpu import (
     v1_cpu_available,
     v2_available,
 )
-
 from vaf.errors import ConfigError
 from vaf.host import cpu, proc
 from vaf.host.runner import Runner

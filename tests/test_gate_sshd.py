@@ -16,11 +16,11 @@ import tempfile
 from pathlib import Path
 
 import pytest
+
 from support import slurm as slurm_support
 from support import sshd as sshd_support
 from support.fake_qmgr import make_home
 from support.sshd_daemons import wait_for
-
 from vaf.guest.worker import Worker, settings_from_context
 from vaf.host.runner import Runner
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from support.fake_qmgr import make_home
 
+from support.fake_qmgr import make_home
 from vaf.cli import main as vaf_main
 from vaf.gate.backends import ADDED, PRESENT, BatchFailed, SlurmBackend, TorqueBackend
 from vaf.gate.gate import serve

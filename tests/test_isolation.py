@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
 from support.netns import Lab, arp_frame
 from support.oned import run_hook, run_vnm_action
-
 from vaf.host.ebtables import unhook_batch
 from vaf.host.runner import Result
 from vaf.one.xml import encode_payload

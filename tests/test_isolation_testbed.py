@@ -12,8 +12,6 @@ import shutil
 from pathlib import Path, PurePosixPath
 
 import pytest
-from support.netns import Lab
-from support.testbed import HOST_ALIAS
 from test_isolation import (
     A1,
     A2,
@@ -26,6 +24,8 @@ from test_isolation import (
     reachability,
 )
 
+from support.netns import Lab
+from support.testbed import HOST_ALIAS
 from vaf.host.runner import Runner
 
 pytestmark = [pytest.mark.testbed, pytest.mark.slow]

@@ -10,6 +10,7 @@ import concurrent.futures
 import time
 
 import pytest
+
 from support.lvmsnap_env import MB, SYS_DS, LvmsnapEnv, oned
 
 pytestmark = pytest.mark.testbed

@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from support.sshd_daemons import free_port, read_pid, stop_pid, wait_for
-
 from vaf.host.runner import Runner
 
 BINARIES = ("/usr/sbin/munged", "/usr/sbin/slurmctld", "/usr/sbin/slurmd")
