@@ -112,6 +112,24 @@ def test_persistent_image_gets_its_own_volume_written_back_by_mvds(env):
     assert "lv-one-30-0" not in env.lvs()
 
 
+def test_resize_saveas_and_move_in_place(env):
+    image, sha = env.image("grow", 8, seed=12)
+    ok(env.clone(image, 35))
+    disk, host = env.disk_path(35, 0), env.tb.host
+    ok(env.transfer(35, f"RESIZE lvmsnap {host}:{disk} 16 35 1"))
+    assert env.guest(["blockdev", "--getsize64", disk]).stdout.strip() == str(16 * MB)
+    saved = f"{env.tb.shared_dir}/saved-35"
+    ok(env.transfer(35, f"CPDS lvmsnap {host}:{disk} {saved} -1 35 1"))
+    with open(saved, "rb") as handle:
+        data = handle.read()
+    assert len(data) == 16 * MB and data[8 * MB:] == bytes(8 * MB)
+    assert env.sha_of(saved, 8 * MB) == sha
+    ok(env.transfer(35, f"MV lvmsnap {host}:{disk} {host}:{disk} 35 1"))  # resume in place
+    assert_disk(env, 35, sha, 8 * MB)
+    moved = env.transfer(35, f"MV lvmsnap {host}:{disk} other:{disk} 35 1")
+    assert "host-local volume groups" in failed(moved)
+
+
 def test_volatile_disks_and_context(env, tmp_path):
     env.vm(40, {"DISK_ID": 1, "TYPE": "fs", "SIZE": 2048, "FS": "xfs"},
            {"DISK_ID": 2, "TYPE": "swap", "SIZE": 64},
