@@ -57,6 +57,12 @@ class StandIn:
         return self.process.pid
 
 
+def _plain_priority() -> None:
+    """Start stand-ins at nice 0 like libvirt's qemu, whatever the test runner's own nice is
+    (oned's drivers run at nice 19; a CI job may be niced too)."""
+    os.setpriority(os.PRIO_PROCESS, 0, 0)
+
+
 @dataclass
 class Hypervisor:
     """A private pid dir plus the stand-ins and cgroups it created; ``close`` removes all."""
@@ -81,7 +87,7 @@ class Hypervisor:
                 f"guest=one-{vmid},debug-threads=on", "-threads", str(threads),
                 "-busy", "1" if busy else "0", "-machine", "pc,accel=kvm"]
         process = subprocess.Popen(argv, executable=sys.executable, stdout=subprocess.PIPE,
-                                   start_new_session=True)
+                                   start_new_session=True, preexec_fn=_plain_priority)
         standin = StandIn(vmid, process)
         self.standins.append(standin)
         if process.stdout.readline().strip() != b"ready":
