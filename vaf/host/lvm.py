@@ -14,7 +14,6 @@ from __future__ import annotations
 import re
 from collections import namedtuple
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 
 from vaf.errors import DriverError
 from vaf.host.runner import CommandError, Runner
@@ -23,10 +22,8 @@ _VG_NAME_RE = re.compile(r"^[A-Za-z0-9+_.][A-Za-z0-9+_.-]{0,126}$")
 SEPARATOR = "|"
 
 
-@dataclass(frozen=True)
-class VgUsage:
-    total_mb: int
-    free_mb: int
+class VgUsage(namedtuple("VgUsage", "total_mb free_mb")):
+    __slots__ = ()
 
     @property
     def used_mb(self) -> int:
@@ -46,14 +43,14 @@ def parse_mb(text: str) -> int:
         raise DriverError(f"unexpected size {text!r} in LVM output") from None
 
 
-@dataclass(frozen=True)
 class VolumeGroup:
-    name: str
-    runner: Runner
+    """One volume group, reached through ``runner`` (local, or a hypervisor over ssh)."""
 
-    def __post_init__(self) -> None:
-        if not _VG_NAME_RE.match(self.name):
-            raise DriverError(f"invalid volume group name {self.name!r}")
+    def __init__(self, name: str, runner: Runner):
+        if not _VG_NAME_RE.match(name):
+            raise DriverError(f"invalid volume group name {name!r}")
+        self.name = name
+        self.runner = runner
 
     def lvm(self, *args: str, **kwargs):
         """Run one LVM command with sudo; lvm's failures become CommandErrors."""

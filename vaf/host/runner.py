@@ -19,8 +19,8 @@ import signal
 import subprocess
 import threading
 import time
+from collections import namedtuple
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field, replace
 
 from vaf.errors import VafError, one_line
 
@@ -33,14 +33,12 @@ COMMAND_NOT_FOUND = 127
 PIPE_GRACE_SECONDS = 2.0
 
 
-@dataclass(frozen=True)
-class Result:
-    argv: tuple[str, ...]
-    host: str | None
-    returncode: int
-    stdout: str
-    stderr: str
-    seconds: float
+# Plain classes, no dataclasses: this module runs on every host-side call, and importing
+# dataclasses (which pulls in inspect) costs a noticeable share of a clone on a slow host.
+class Result(namedtuple("Result", "argv host returncode stdout stderr seconds")):
+    """What a finished command left: argv (without sudo/ssh), exit code, output, duration."""
+
+    __slots__ = ()
 
     @property
     def lines(self) -> list[str]:
@@ -145,22 +143,36 @@ Observer = Callable[[str | None, tuple[str, ...]], None]
 LineSink = Callable[[str], None]
 
 
-@dataclass(frozen=True)
 class Runner:
-    """Runs argv lists locally (``host=None``) or on ``host`` through ssh."""
+    """Runs argv lists locally (``host=None``) or on ``host`` through ssh. Immutable."""
 
-    host: str | None = None
-    ssh: tuple[str, ...] = DEFAULT_SSH
-    sudo_prefix: tuple[str, ...] = DEFAULT_SUDO
-    timeout: float | None = None
-    observers: tuple[Observer, ...] = field(default=(), compare=False)
+    __slots__ = ("host", "ssh", "sudo_prefix", "timeout", "observers")
+
+    def __init__(self, host: str | None = None, ssh: Sequence[str] = DEFAULT_SSH,
+                 sudo_prefix: Sequence[str] = DEFAULT_SUDO, timeout: float | None = None,
+                 observers: Sequence[Observer] = ()):
+        for name, value in (("host", host), ("ssh", tuple(ssh)),
+                            ("sudo_prefix", tuple(sudo_prefix)), ("timeout", timeout),
+                            ("observers", tuple(observers))):
+            object.__setattr__(self, name, value)
+
+    def __setattr__(self, name, value):
+        raise AttributeError(f"Runner is immutable: use on() or observed_by() ({name})")
+
+    def __repr__(self) -> str:
+        return f"Runner(host={self.host!r}, ssh={self.ssh!r}, sudo_prefix={self.sudo_prefix!r})"
+
+    def _copy(self, **changes) -> Runner:
+        fields = {name: getattr(self, name) for name in self.__slots__}
+        fields.update(changes)
+        return Runner(**fields)
 
     def on(self, host: str | None) -> Runner:
         """The same runner, aimed at ``host`` (``None`` = this machine)."""
-        return replace(self, host=host)
+        return self._copy(host=host)
 
     def observed_by(self, observer: Observer) -> Runner:
-        return replace(self, observers=self.observers + (observer,))
+        return self._copy(observers=self.observers + (observer,))
 
     def full_argv(self, argv: Sequence[str], sudo: bool = False) -> tuple[str, ...]:
         """The argv actually executed on this machine (ssh wrapper included)."""

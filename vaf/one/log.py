@@ -11,10 +11,9 @@ VM id, so a message that begins with a number can never be mistaken for a VM id.
 
 from __future__ import annotations
 
+import io
 import sys
-import traceback
 from collections.abc import Callable
-from typing import TextIO
 
 from vaf.errors import VafError, one_line
 
@@ -33,13 +32,13 @@ def format_tagged(tag: str, origin: str, message: str, vmid: int | None = None) 
 class DriverLog:
     """Tagged logging for one driver action; ``vmid`` routes lines into that VM's log."""
 
-    def __init__(self, origin: str, vmid: int | None = None, stream: TextIO | None = None):
+    def __init__(self, origin: str, vmid: int | None = None, stream: io.TextIOBase | None = None):
         self.origin = origin
         self.vmid = vmid
         self._stream = stream
 
     @property
-    def stream(self) -> TextIO:
+    def stream(self) -> io.TextIOBase:
         # Resolved at write time so pytest's capsys and redirected stderr both work.
         return self._stream if self._stream is not None else sys.stderr
 
@@ -85,6 +84,8 @@ def run_main(action: Callable[[DriverLog], int | None], log: DriverLog) -> int:
         log.reason(f"{log.origin}: interrupted")
         return 130
     except Exception as err:  # noqa: BLE001 - the last line of defence of a driver process
+        import traceback  # only on this path: hosts import this module on every call
+
         for line in traceback.format_exc().splitlines():
             log.debug(line)
         log.reason(f"{log.origin}: internal error: {type(err).__name__}: {err}")
