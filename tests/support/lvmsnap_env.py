@@ -24,7 +24,6 @@ from support import oned  # noqa: E402
 
 ONEADMIN_UID = 9869
 REMOTE_DIR = "/var/tmp/one-lvmsnap"  # our own copy: other suites may sync /var/tmp/one
-LOCK_DIR = "/var/tmp/vaf-lvmsnap-locks"  # the guest's /run/lock is not world-writable
 SYS_DS = 100
 IMG_DS = 1
 MB = 1024 * 1024
@@ -60,7 +59,6 @@ class LvmsnapEnv:
         self.base_conf = {
             "SSH": f"ssh -F {tb.ssh_config}",
             "REMOTE_DIR": REMOTE_DIR,
-            "LOCK_DIR": LOCK_DIR,
             "ONEVM": f"{sys.executable} {work / 'onevm.py'} {self.vms}",
             "PROGRESS_SECONDS": "0",
         }
