@@ -20,7 +20,7 @@ import subprocess
 import threading
 import time
 from collections import namedtuple
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 
 from vaf.errors import VafError, one_line
 
@@ -320,9 +320,3 @@ def _exit_code(code: int) -> int:
 
 def _decode(data: bytes) -> str:
     return data.decode("utf-8", errors="replace")
-
-
-def runner_from_config(ssh: Iterable[str] | None = None, sudo: Iterable[str] | None = None,
-                       timeout: float | None = None) -> Runner:
-    return Runner(ssh=tuple(ssh) if ssh else DEFAULT_SSH,
-                  sudo_prefix=tuple(sudo) if sudo else DEFAULT_SUDO, timeout=timeout)
