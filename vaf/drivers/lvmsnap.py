@@ -360,22 +360,22 @@ def premigrate(inv: Invocation, log: DriverLog) -> int:
     return 0
 
 
+def _after_migration(inv: Invocation, log: DriverLog, command: str, on_source: bool) -> int:
+    src_host, dst_host, sysdir, vmid, sys_ds = _migrate_args(inv, log)
+    inv.read_stdin("VM payload")  # oned sends it; these steps need only the VM dir
+    params = base_params(inv, sys_ds, vmid) | {"sysdir": sysdir}
+    host_call(inv, src_host if on_source else dst_host, command, params)
+    return 0
+
+
 def postmigrate(inv: Invocation, log: DriverLog) -> int:
     """Drop the VM's volumes on the source host once it runs on the destination."""
-    src_host, _, sysdir, vmid, sys_ds = _migrate_args(inv, log)
-    inv.read_stdin("VM payload")
-    params = base_params(inv, sys_ds, vmid) | {"sysdir": sysdir}
-    host_call(inv, src_host, "postmigrate", params)
-    return 0
+    return _after_migration(inv, log, "postmigrate", on_source=True)
 
 
 def failmigrate(inv: Invocation, log: DriverLog) -> int:
     """Undo premigrate on the destination host."""
-    _, dst_host, sysdir, vmid, sys_ds = _migrate_args(inv, log)
-    inv.read_stdin("VM payload")
-    params = base_params(inv, sys_ds, vmid) | {"sysdir": sysdir}
-    host_call(inv, dst_host, "failmigrate", params)
-    return 0
+    return _after_migration(inv, log, "failmigrate", on_source=False)
 
 
 def monitor(inv: Invocation, log: DriverLog) -> int:

@@ -494,13 +494,19 @@ def vm_disk_tags(host: Host, image: ImageStat | None = None) -> list[str]:
     return tags
 
 
-def clone(params: Mapping[str, object], log: DriverLog) -> int:
-    """``clone``: a snapshot of the image's cache LV (filled on first use) as ``disk.<i>``."""
+def image_disk_request(params: Mapping[str, object], log: DriverLog):
+    """What clone and ln both start from: the host, the image, ``disk.<i>``, the volume name
+    and its size (DISK/SIZE, never less than the image)."""
     host = Host(params, log)
     image = stat_image(host.param("src"))
-    dst = host.param("dst")
     disk = cache.vm_disk_name(host.param("vmid", int), host.param("disk_id", int))
     size_mb = max(host.optional("size_mb", int) or 0, image.size_mb)
+    return host, image, host.param("dst"), disk, size_mb
+
+
+def clone(params: Mapping[str, object], log: DriverLog) -> int:
+    """``clone``: a snapshot of the image's cache LV (filled on first use) as ``disk.<i>``."""
+    host, image, dst, disk, size_mb = image_disk_request(params, log)
     origin = cache.cache_name(image.key)
     tags = vm_disk_tags(host)
 
@@ -530,11 +536,7 @@ def clone(params: Mapping[str, object], log: DriverLog) -> int:
 
 def ln(params: Mapping[str, object], log: DriverLog) -> int:
     """``ln`` (persistent image): a volume of its own, never shared, written back by mvds."""
-    host = Host(params, log)
-    image = stat_image(host.param("src"))
-    dst = host.param("dst")
-    disk = cache.vm_disk_name(host.param("vmid", int), host.param("disk_id", int))
-    size_mb = max(host.optional("size_mb", int) or 0, image.size_mb)
+    host, image, dst, disk, size_mb = image_disk_request(params, log)
     thin = host.thin_volatile
     tags = vm_disk_tags(host, image) + [cache.PERSISTENT_TAG, f"{cache.BYTES_TAG}={image.size}"]
     with host.metadata_lock():

@@ -435,6 +435,15 @@ def _gone(vmid: int, host: Host) -> dict:
             "notes": [f"domain {proc.domain_name(vmid)} is not running on this host"]}
 
 
+def _save_and_enforce(vmid: int, state, qemu, host: Host, notes: list[str]) -> dict:
+    """Save the state first (a crash must not lose the originals), then enforce its class."""
+    host.store.save(state)
+    effective = state.effective()
+    result = _enforce(state, effective, qemu, host)
+    return {"vmid": vmid, "status": "applied", "pid": qemu.pid, "class": effective.label,
+            "layers": sorted(state.layers), "notes": notes, **result}
+
+
 def apply(vmid: int, priority: Priority, layer: str, host: Host) -> dict:
     """Give VM ``vmid`` the ``priority`` in ``layer``; save the originals the first time."""
     if layer not in LAYERS:
@@ -446,11 +455,7 @@ def apply(vmid: int, priority: Priority, layer: str, host: Host) -> dict:
         notes: list[str] = []
         state = _current_state(vmid, qemu, host, notes) or _snapshot(vmid, qemu, host, notes)
         state.layers[layer] = asdict(priority)
-        host.store.save(state)  # before changing anything: a crash must not lose originals
-        effective = state.effective()
-        result = _enforce(state, effective, qemu, host)
-        return {"vmid": vmid, "status": "applied", "pid": qemu.pid, "class": effective.label,
-                "layers": sorted(state.layers), "notes": notes, **result}
+        return _save_and_enforce(vmid, state, qemu, host, notes)
 
 
 def release(vmid: int, host: Host) -> dict:
@@ -471,10 +476,7 @@ def release(vmid: int, host: Host) -> dict:
             host.store.delete(vmid)
             return {"vmid": vmid, "status": "restored", "pid": qemu.pid, "class": None,
                     "layers": [], "notes": notes, **result}
-        host.store.save(state)
-        result = _enforce(state, effective, qemu, host)
-        return {"vmid": vmid, "status": "applied", "pid": qemu.pid, "class": effective.label,
-                "layers": sorted(state.layers), "notes": notes, **result}
+        return _save_and_enforce(vmid, state, qemu, host, notes)
 
 
 def status(vmid: int, host: Host) -> dict:
