@@ -43,10 +43,10 @@ def cloud(tmp_path, monkeypatch):
     python = shlex.quote(sys.executable)
     conf.write_text(
         f'ONEVM="{python} {SUPPORT}/cpu_onevm.py {data}"\n'
-        f'SSH="{python} {SUPPORT}/cpu_fake_ssh.py"\n'
+        f'SSH="{python} {SUPPORT}/login_shell_ssh.py"\n'
         f'SUDO="env"\nPYTHON={python}\nHOST_REMOTES={REPO}/remotes\n'
         f"STATE_DIR={hv.state_dir}\nPID_DIR={hv.pid_dir}\n")
-    monkeypatch.setenv("CPU_SSH_LOG", str(tmp_path / "ssh.log"))
+    monkeypatch.setenv("FAKE_SSH_LOG", str(tmp_path / "ssh.log"))
     mount = CGROUP_V1_CPU if v1_cpu_available() else None
     vms = {7: hv.start(7, cgroup=mount), 8: hv.start(8), 9: hv.start(9), 12: hv.start(12)}
     yield conf, vms, tmp_path / "ssh.log", data

@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
-"""A stand-in for ``ssh HOST LINE`` that does what sshd does with LINE: ``$SHELL -c LINE``.
+"""A stand-in for ``ssh [options] -- HOST LINE`` that does what sshd does: ``sh -c LINE``.
 
-Used to test, without a network, that the runner's remote command line survives the remote
-login shell word for word. The real ssh path is covered on the test hypervisor.
-Usage (as the runner calls ssh): login_shell_ssh.py [ssh options] -- HOST LINE
+Every test "host" is this machine, so the runner's remote quoting and per-host fan-out can be
+tested without a network (the real ssh path is covered on the test hypervisor). A host named
+``down`` is unreachable (exit 255, like ssh); with $FAKE_SSH_LOG set, each call appends its
+host to that file, so tests can count calls per host.
 """
 import os
 import sys
@@ -11,5 +12,12 @@ import sys
 args = sys.argv[1:]
 separator = args.index("--")
 host, line = args[separator + 1], args[separator + 2]
+log = os.environ.get("FAKE_SSH_LOG")
+if log:
+    with open(log, "a") as handle:
+        handle.write(host + "\n")
+if host == "down":
+    print(f"ssh: connect to host {host} port 22: No route to host", file=sys.stderr)
+    sys.exit(255)
 os.environ["FAKE_SSH_HOST"] = host
 os.execv("/bin/sh", ["sh", "-c", line])
