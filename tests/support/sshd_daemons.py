@@ -9,11 +9,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from support.testbed import free_port  # noqa: F401 - re-exported for the daemon fixtures
 
 
 def wait_for(condition: Callable[[], bool], what: str, timeout: float = 20.0,
