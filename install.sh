@@ -85,6 +85,7 @@ install_package() {
   # a real copy (hosts get it through `onehost sync`), replaced in one rename
   cp -rL "$SRC/vaf" "$DEST/vaf/lib/vaf.new"
   find "$DEST/vaf/lib/vaf.new" -name __pycache__ -prune -exec rm -rf {} +
+  rm -rf "$DEST/vaf/lib/vaf.new/lab"  # the lab (test hosts, stand-ins) never goes to hosts
   rm -rf "$DEST/vaf/lib/vaf.old"
   [ -e "$DEST/vaf/lib/vaf" ] && mv "$DEST/vaf/lib/vaf" "$DEST/vaf/lib/vaf.old"
   mv "$DEST/vaf/lib/vaf.new" "$DEST/vaf/lib/vaf"

@@ -2,8 +2,8 @@
 
     python bench/lvmsnap_bench.py [--image-mb 256] [--repeat 3]
 
-Boots its own test hypervisor (tests/support/testbed.py), builds vg-one-100 on its /dev/vdb,
-and runs the driver's actions the way oned does (tests/support/oned.py). Every figure is a
+Boots its own test hypervisor (vaf/lab/testbed.py), builds vg-one-100 on its /dev/vdb,
+and runs the driver's actions the way oned does (vaf/lab/oned.py). Every figure is a
 ratio of two timings taken here, so the TCG guest's absolute slowness cancels out; each
 timing is the median of --repeat runs.
 """
@@ -21,11 +21,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO))
 
-from support.lvmsnap_env import REMOTE_DIR, SYS_DS, LvmsnapEnv  # noqa: E402
-from support.testbed import Testbed  # noqa: E402
+from vaf.lab.lvmsnap_env import REMOTE_DIR, SYS_DS, LvmsnapEnv  # noqa: E402
+from vaf.lab.testbed import Testbed  # noqa: E402
 
 VG = f"vg-one-{SYS_DS}"
 POOL = "vaf-pool"

@@ -1,8 +1,8 @@
 """The drivers end to end against a local test hypervisor (run by ``scripts/demo``).
 
 This machine plays the OpenNebula front-end: transfer files go through a faithful copy of
-oned's driver runtime (``tests/support/oned.py``). The hypervisor is the qemu test guest
-(``tests/support/testbed.py``) with a real LVM volume group for system datastore 100 and the
+oned's driver runtime (``vaf/lab/oned.py``). The hypervisor is the qemu test guest
+(``vaf/lab/testbed.py``) with a real LVM volume group for system datastore 100 and the
 image datastore shared over 9p at the same path, like GlusterFS in the original facility.
 
 What it shows, as an admin would see it in oned's logs:
@@ -23,11 +23,11 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO))  # the repo's vaf, also without the venv
 
-from support import oned  # noqa: E402
-from support.lvmsnap_env import SYS_DS, LvmsnapEnv  # noqa: E402
-from support.testbed import Testbed  # noqa: E402
+from vaf.lab import oned  # noqa: E402
+from vaf.lab.lvmsnap_env import SYS_DS, LvmsnapEnv  # noqa: E402
+from vaf.lab.testbed import Testbed  # noqa: E402
 
 VG = f"vg-one-{SYS_DS}"
 

@@ -189,10 +189,10 @@ def test_describe_a_gone_vm_and_an_error():
         == "failed: Permission denied: /x"
 
 
-# --- through the oned runtime stand-in (tests/support/oned.py) ------------------------------
+# --- through the oned runtime stand-in (vaf/lab/oned.py) ------------------------------
 
 def test_post_d_through_the_vmm_runtime(remotes, hypervisor):
-    oned = pytest.importorskip("support.oned")
+    oned = pytest.importorskip("vaf.lab.oned")
     vm = hypervisor.start(7, threads=2)
     ok = oned.run_vnm_action("post.d/vaf-cpu-priority", remotes=remotes, vn_mad="bridge",
                              vm_xml=vnm_xml(7, "<CPU_PRIORITY>batch</CPU_PRIORITY>"),
@@ -210,7 +210,7 @@ def test_post_d_through_the_vmm_runtime(remotes, hypervisor):
 
 
 def test_running_hook_through_the_hook_manager(remotes, hypervisor):
-    oned = pytest.importorskip("support.oned")
+    oned = pytest.importorskip("vaf.lab.oned")
     vm = hypervisor.start(8, threads=2)
     done = oned.run_hook("cpu-priority/vaf-cpu-priority", remotes=remotes,
                          template_xml=full_xml(8, "<CPU_PRIORITY>interactive</CPU_PRIORITY>"))

@@ -8,7 +8,6 @@ exit code 2 and an empty record. Then hypothesis throws random strings at the gr
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -19,8 +18,7 @@ from vaf.gate.gate import DENIED, OK, REFUSED, Gate, GateLog, handle
 from vaf.gate.grammar import MAX_COMMAND, JoinRequest, Refused, parse
 from vaf.gate.identity import HostsFileResolver
 from vaf.host.runner import Runner
-
-SUPPORT = Path(__file__).parent / "support"
+from vaf.lab.torque_qmgr import QMGR_STANDIN
 
 # Appended to (or put inside) an otherwise valid request: each must break it.
 PAYLOADS = [
@@ -83,7 +81,7 @@ def recorded(tmp_path):
     hosts = tmp_path / "hosts"
     hosts.write_text("10.0.0.5 w1 w1.vaf\n10.0.0.6 w2\n")
     calls: list[tuple] = []
-    qmgr = (sys.executable, str(SUPPORT / "fake_qmgr.py"), "--home", str(tmp_path),
+    qmgr = (sys.executable, QMGR_STANDIN, "--home", str(tmp_path),
             "--hosts", str(hosts))
     backend = TorqueBackend(Runner().observed_by(lambda host, argv: calls.append(argv)), qmgr)
     logged: list[tuple[int, str]] = []

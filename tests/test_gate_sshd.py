@@ -17,15 +17,15 @@ from pathlib import Path
 
 import pytest
 
-from support import slurm as slurm_support
-from support import sshd as sshd_support
-from support.fake_qmgr import make_home
-from support.sshd_daemons import wait_for
 from vaf.guest.worker import Worker, settings_from_context
 from vaf.host.runner import Runner
+from vaf.lab import slurm as slurm_support
+from vaf.lab import sshd as sshd_support
+from vaf.lab.daemons import wait_for
+from vaf.lab.torque_qmgr import QMGR_STANDIN, make_home
 
 REPO = Path(__file__).resolve().parent.parent
-FAKE_QMGR = REPO / "tests/support/fake_qmgr.py"
+FAKE_QMGR = Path(QMGR_STANDIN)
 HOSTS = "127.0.0.1 vafw1\n127.0.0.3 vafw3\n"
 
 pytestmark = pytest.mark.skipif(not sshd_support.available(),

@@ -11,14 +11,14 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from support.fake_qmgr import make_home
 from vaf.cli import main as vaf_main
 from vaf.gate.backends import ADDED, PRESENT, BatchFailed, SlurmBackend, TorqueBackend
 from vaf.gate.gate import serve
 from vaf.gate.grammar import JoinRequest
 from vaf.host.runner import Runner
+from vaf.lab.torque_qmgr import QMGR_STANDIN, make_home
 
-FAKE_QMGR = Path(__file__).parent / "support" / "fake_qmgr.py"
+FAKE_QMGR = Path(QMGR_STANDIN)
 ADDRESS = ipaddress.ip_address("10.0.0.5")
 
 

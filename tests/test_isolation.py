@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from support.netns import Lab, arp_frame
-from support.oned import run_hook, run_vnm_action
 from vaf.host.ebtables import unhook_batch
 from vaf.host.runner import Result
+from vaf.lab.netns import Lab, arp_frame
+from vaf.lab.oned import run_hook, run_vnm_action
 from vaf.one.xml import encode_payload
 
 REPO = Path(__file__).resolve().parents[1]
@@ -149,6 +149,9 @@ def lab():
 
 @pytest.fixture(params=BACKENDS)
 def remotes(request, tmp_path, lab) -> Remotes:
+    missing = lab.missing_kernel_support(request.param)
+    if missing:
+        pytest.skip(missing)
     return Remotes.build(tmp_path, lab, request.param)
 
 
@@ -369,7 +372,7 @@ def test_host_side_runs_without_lxml(lab, remotes, tmp_path):
     assert result.returncode == 2 and "DTD" in reasons(result)[0]
 
 
-# -- as oned runs them (tests/support/oned.py) ----------------------------------------------
+# -- as oned runs them (vaf/lab/oned.py) ----------------------------------------------
 
 def test_oned_runs_the_vnm_driver_and_logs_into_the_vm(lab, remotes, tmp_path):
     shim = remotes.shim(tmp_path / "shim")

@@ -24,9 +24,9 @@ from test_isolation import (
     reachability,
 )
 
-from support.netns import Lab
-from support.testbed import HOST_ALIAS
 from vaf.host.runner import Runner
+from vaf.lab.netns import Lab
+from vaf.lab.testbed import HOST_ALIAS
 
 pytestmark = [pytest.mark.testbed, pytest.mark.slow]
 

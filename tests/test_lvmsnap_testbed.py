@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from support.lvmsnap_env import MB, SYS_DS, LvmsnapEnv, oned
+from vaf.lab.lvmsnap_env import MB, SYS_DS, LvmsnapEnv, oned
 
 pytestmark = pytest.mark.testbed
 VG = f"vg-one-{SYS_DS}"

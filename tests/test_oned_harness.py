@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from support.oned import (
+from vaf.lab.oned import (
     HarnessError,
     LogLine,
     MonitorFailure,

@@ -2,7 +2,7 @@
 
 This machine's kernel has no device-mapper, so LVM, snapshots, thin pools and bridge filtering
 are exercised inside a guest built by ``testbed/build.sh`` (see
-shared/reference/testbed.md).  One guest serves a whole pytest session (fixture ``testbed``).
+docs/testbed.md).  One guest serves a whole pytest session (fixture ``testbed``).
 
 Each session gets its own run dir (port, qmp socket, console log, a fresh sparse 128 GiB
 ``pv.img`` as /dev/vdb, the shared dir), while all sessions boot the same ``root.img`` with
@@ -31,8 +31,6 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-
-import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 BUILD_SCRIPT = REPO / "testbed" / "build.sh"
@@ -525,14 +523,3 @@ Host {HOST_ALIAS}
 def _size_bytes(size: str) -> int:
     units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
     return int(size[:-1]) * units[size[-1]] if size[-1] in units else int(size)
-
-
-@pytest.fixture(scope="session")
-def testbed():
-    """The test hypervisor, booted once per session; TESTBED=0 skips the tests using it."""
-    if os.environ.get("TESTBED") == "0":
-        pytest.skip("TESTBED=0: test hypervisor disabled")
-    tb = Testbed()
-    tb.build()
-    with tb:
-        yield tb

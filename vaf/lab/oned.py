@@ -4,7 +4,7 @@ OpenNebula's runtime (one_tm.rb, the datastore MAD, the VMM's TM and VNM steps, 
 execution manager) is not installable here, so this module reproduces what it does with our
 scripts: how it finds and starts them, and how exit codes and stderr become reply lines.
 
-Contract: /work/shared/reference/opennebula-protocol.md sections 1-4, 7-9 and 12. Details the
+Contract: the driver protocol summarised in docs/lab.md (MAD replies, stderr rules). Details the
 document leaves open follow the Ruby sources it cites (src/mad/ruby/{OpenNebulaDriver,
 ActionManager,DriverExecHelper,CommandManager,ssh_stream}.rb, src/tm_mad/one_tm.rb,
 src/datastore_mad/one_datastore.rb, src/vnm_mad/one_vnm.rb, src/hem/onehem-server.rb).

@@ -17,8 +17,8 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from support.sshd_daemons import free_port, port_open, read_pid, stop_pid, wait_for
 from vaf.host.runner import Runner
+from vaf.lab.daemons import free_port, port_open, read_pid, stop_pid, wait_for
 
 SSHD = "/usr/sbin/sshd"
 

@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from support.testbed import free_port  # noqa: F401 - re-exported for the daemon fixtures
+from vaf.lab.testbed import free_port  # noqa: F401 - re-exported for the daemon fixtures
 
 
 def wait_for(condition: Callable[[], bool], what: str, timeout: float = 20.0,

@@ -1,6 +1,6 @@
 """Real munge + Slurm 22.05 (Debian's packages) started by the tests, without systemd.
 
-Follows the measured recipe of ../shared/reference/batch-systems.md §2.1, in a private
+Follows the recipe in docs/lab.md (Slurm without systemd), in a private
 directory: our own munge key and socket (``AuthInfo=socket=``), our own free ports and
 state, so a Slurm or munge already on the machine is left alone. Every daemon is started
 through the runner (each daemonises and writes a pid file) and stopped by that pid.
@@ -15,8 +15,8 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from support.sshd_daemons import free_port, read_pid, stop_pid, wait_for
 from vaf.host.runner import Runner
+from vaf.lab.daemons import free_port, read_pid, stop_pid, wait_for
 
 BINARIES = ("/usr/sbin/munged", "/usr/sbin/slurmctld", "/usr/sbin/slurmd")
 

@@ -2,8 +2,8 @@
 
 The front-end is this machine: a copy of the remotes tree (as installed, symlinks
 dereferenced), a var dir, a stub ``onevm`` printing canned VM XML, and the oned harness
-(``support.oned``) running transfer files the way one_tm.rb does. The hypervisor is the test
-guest (``support.testbed``): the remotes are synced into it, the image datastore is the shared
+(:mod:`vaf.lab.oned`) running transfer files the way one_tm.rb does. The hypervisor is the test
+guest (:mod:`vaf.lab.testbed`): the remotes are synced into it, the image datastore is the shared
 dir (mounted at the same path in the guest), the system datastore's VG is built on /dev/vdb.
 """
 
@@ -17,10 +17,9 @@ import shutil
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "tests"))
+from vaf.lab import oned
 
-from support import oned  # noqa: E402
+REPO = Path(__file__).resolve().parents[2]
 
 ONEADMIN_UID = 9869
 REMOTE_DIR = "/var/tmp/one-lvmsnap"  # our own copy: other suites may sync /var/tmp/one

@@ -82,6 +82,22 @@ class Lab:
                                   json.dumps([frame.hex() for frame in frames])])
         return json.loads(result.stdout)
 
+    def missing_kernel_support(self, backend: str) -> str | None:
+        """Why this kernel cannot serve ``backend``'s tables in the lab's host namespace.
+
+        None when it can. Debian's ``ebtables`` package alone is the legacy tool, which needs
+        the x_tables ebtables modules that many kernels (this machine's among them) lack;
+        ``ebtables-nft`` comes with the ``iptables`` package.
+        """
+        probe = (["nft", "list", "tables", "bridge"] if backend == "nft"
+                 else ["ebtables", "--concurrent", "-t", "filter", "-L"])
+        result = self.run(self.host, probe, check=False)
+        if result.returncode == 0:
+            return None
+        detail = (result.stderr.strip().splitlines() or ["no output"])[-1]
+        return (f"this kernel cannot serve {backend} here ({' '.join(probe)}: {detail}); "
+                "for ebtables install Debian's iptables package (ebtables-nft)")
+
     def close(self) -> None:
         for ns in reversed(self.namespaces):
             self.runner.run(["ip", "netns", "del", ns], check=False)

