@@ -7,8 +7,10 @@ import ipaddress
 
 import pytest
 
+from vaf.batch.slurm import scontrol_create_node
+from vaf.batch.torque import qmgr_create_node
 from vaf.errors import ConfigError
-from vaf.gate.backends import qmgr_create_node, scontrol_create_node
+from vaf.gate.gate import node_request
 from vaf.gate.grammar import JoinRequest, Refused, parse
 from vaf.gate.identity import (
     Denied,
@@ -61,7 +63,7 @@ QMGR = [
 
 @pytest.mark.parametrize(("request_", "directive"), QMGR)
 def test_qmgr_directive_is_one_comma_separated_create(request_, directive):
-    assert qmgr_create_node(request_) == directive
+    assert qmgr_create_node(node_request(request_, ipaddress.ip_address("10.0.0.5"))) == directive
 
 
 SCONTROL = [
@@ -75,7 +77,7 @@ SCONTROL = [
 
 @pytest.mark.parametrize(("request_", "address", "words"), SCONTROL)
 def test_scontrol_create_words(request_, address, words):
-    assert scontrol_create_node(request_, ipaddress.ip_address(address)) == words
+    assert scontrol_create_node(node_request(request_, ipaddress.ip_address(address))) == words
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vaf.gate.backends import TorqueBackend
+from vaf.batch.torque import Torque
 from vaf.gate.gate import DENIED, OK, REFUSED, Gate, GateLog, handle
 from vaf.gate.grammar import MAX_COMMAND, JoinRequest, Refused, parse
 from vaf.gate.identity import HostsFileResolver
@@ -83,7 +83,7 @@ def recorded(tmp_path):
     calls: list[tuple] = []
     qmgr = (sys.executable, QMGR_STANDIN, "--home", str(tmp_path),
             "--hosts", str(hosts))
-    backend = TorqueBackend(Runner().observed_by(lambda host, argv: calls.append(argv)), qmgr)
+    backend = Torque(Runner().observed_by(lambda host, argv: calls.append(argv)), qmgr)
     logged: list[tuple[int, str]] = []
     log = GateLog((lambda priority, message: logged.append((priority, message)),))
     return Gate(backend, HostsFileResolver(str(hosts))), log, calls, logged

@@ -11,9 +11,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from vaf.batch.base import ADDED, PRESENT, BatchFailed
+from vaf.batch.slurm import Slurm
+from vaf.batch.torque import Torque
 from vaf.cli import main as vaf_main
-from vaf.gate.backends import ADDED, PRESENT, BatchFailed, SlurmBackend, TorqueBackend
-from vaf.gate.gate import serve
+from vaf.gate.gate import node_request, serve
 from vaf.gate.grammar import JoinRequest
 from vaf.host.runner import Runner
 from vaf.lab.torque_qmgr import QMGR_STANDIN, make_home
@@ -77,10 +79,10 @@ def test_stand_in_reads_directives_from_stdin(server):
 
 
 def test_torque_backend_adds_then_reports_present(server):
-    backend = TorqueBackend(Runner(), server.qmgr)
+    backend = Torque(Runner(), server.qmgr)
     request = JoinRequest("w1", 2, ("cloud",))
-    assert backend.register(request, ADDRESS) == ADDED
-    assert backend.register(request, ADDRESS) == PRESENT
+    assert backend.add_node(node_request(request, ADDRESS)) == ADDED
+    assert backend.add_node(node_request(request, ADDRESS)) == PRESENT
     assert server.nodes.read_text() == "w1 np=2 cloud\n"
 
 
@@ -92,17 +94,17 @@ def test_torque_backend_adds_then_reports_present(server):
      "cannot connect to server"),
 ])
 def test_torque_backend_failures_are_batch_failures(server, qmgr, reason):
-    backend = TorqueBackend(Runner(), qmgr or server.qmgr, timeout=1)
+    backend = Torque(Runner(), qmgr or server.qmgr, timeout=1)
     with pytest.raises(BatchFailed) as err:
-        backend.register(JoinRequest("ghost", 1), ADDRESS)
+        backend.add_node(node_request(JoinRequest("ghost", 1), ADDRESS))
     assert reason in err.value.reason and err.value.exit_code == 4
 
 
 def test_slurm_backend_failure_when_the_controller_is_down():
     script = "import sys; sys.exit('slurm_load_node error: Unable to contact slurm controller')"
-    backend = SlurmBackend(Runner(), [sys.executable, "-c", script], timeout=5)
+    backend = Slurm(Runner(), [sys.executable, "-c", script], timeout=5)
     with pytest.raises(BatchFailed, match="Unable to contact slurm controller"):
-        backend.register(JoinRequest("w1", 1), ADDRESS)
+        backend.add_node(node_request(JoinRequest("w1", 1), ADDRESS))
 
 
 def _serve(tmp_path, config: str, command: str, source: str = "10.0.0.5"):

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from vaf.errors import VafError
+from vaf.host.runner import CommandError, Result, Runner
 
 # Job states, as the daemon needs them.
 PENDING = "pending"  # waiting for resources (a candidate for new workers)
@@ -93,3 +94,17 @@ class BatchSystem(Protocol):
 
     def remove_node(self, name: str) -> None:
         """Delete the node from the batch system; a missing node is not an error."""
+
+
+def run_batch(runner: Runner, argv: Sequence[str], timeout: float) -> Result:
+    """Run a batch command; a command that cannot run at all becomes :class:`BatchFailed`."""
+    try:
+        return runner.run(list(argv), timeout=timeout, check=False)
+    except CommandError as err:  # not installed, timed out
+        raise BatchFailed(err.reason) from None
+
+
+def batch_failure(argv: Sequence[str], result: Result) -> BatchFailed:
+    """The one-line reason for a batch command that answered with a failure."""
+    return BatchFailed(CommandError(list(argv), None, result.returncode, result.stdout,
+                                    result.stderr).reason)

@@ -28,11 +28,14 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+from vaf.batch.base import ADDED, BatchFailed, NodeRequest
+from vaf.batch.slurm import Slurm
+from vaf.batch.torque import Torque
 from vaf.config import DriverConfig, load_config
 from vaf.errors import ConfigError, VafError, one_line
-from vaf.gate.backends import ADDED, BACKENDS, BatchFailed
-from vaf.gate.grammar import Refused, parse
+from vaf.gate.grammar import JoinRequest, Refused, parse
 from vaf.gate.identity import (
+    Address,
     Denied,
     HostsFileResolver,
     Resolver,
@@ -88,7 +91,7 @@ class GateLog:
 
 @dataclass(frozen=True)
 class Gate:
-    backend: object  # TorqueBackend | SlurmBackend: anything with register(request, address)
+    backend: Torque | Slurm  # anything with add_node(NodeRequest) and a name
     resolver: Resolver
     check_reverse: bool = True
 
@@ -97,12 +100,12 @@ def gate_from_config(config: DriverConfig, runner: Runner | None = None) -> Gate
     """Build the gate from ``gate.conf`` settings (see docs/contextualization.md)."""
     runner = runner or Runner()
     try:
-        backend_name = config.choice("BACKEND", "torque", tuple(BACKENDS))
+        backend_name = config.choice("BACKEND", "torque", ("torque", "slurm"))
         timeout = config.float("TIMEOUT", 30.0, minimum=1.0)
         if backend_name == "torque":
-            backend = BACKENDS["torque"](runner, config.argv("QMGR", ("qmgr",)), timeout)
+            backend = Torque(runner, config.argv("QMGR", ("qmgr",)), timeout)
         else:
-            backend = BACKENDS["slurm"](runner, config.argv("SCONTROL", ("scontrol",)), timeout)
+            backend = Slurm(runner, config.argv("SCONTROL", ("scontrol",)), timeout)
         hosts_file = config.str("HOSTS_FILE", "")
         resolver = HostsFileResolver(hosts_file) if hosts_file else SystemResolver()
         return Gate(backend, resolver, config.bool("CHECK_REVERSE", True))
@@ -127,7 +130,7 @@ def handle(environ: Mapping[str, str], gate: Gate, log: GateLog) -> tuple[int, s
         request = parse(command)
         client = client_address(connection)
         check_binding(request.hostname, client, gate.resolver, gate.check_reverse)
-        outcome = gate.backend.register(request, client)
+        outcome = gate.backend.add_node(node_request(request, client))
     except Refused as err:
         log.warning(f"refused from {source!r}: {err.reason}")
         return REFUSED, f"vaf-gate: refused: {err.reason}"
@@ -140,6 +143,11 @@ def handle(environ: Mapping[str, str], gate: Gate, log: GateLog) -> tuple[int, s
     verb = "joined" if outcome == ADDED else f"{outcome.split(',')[0]}:"
     log.info(f"{gate.backend.name}: {request.hostname} ({client}) {outcome}")
     return OK, f"vaf-gate: {verb} {request.hostname}"
+
+
+def node_request(request: JoinRequest, address: Address) -> NodeRequest:
+    """What the batch system is asked for: the validated request at the proven address."""
+    return NodeRequest(request.hostname, request.cpus, request.properties, str(address))
 
 
 def serve(config_path: str | None, environ: Mapping[str, str] | None = None,
