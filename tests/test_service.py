@@ -24,7 +24,8 @@ def test_log_target(environ, foreground, target):
 ])
 def test_journal_lines_carry_the_syslog_priority(level, prefix):
     record = logging.LogRecord("vaf-elastic", level, __file__, 1, "grew by %d", (3,), None)
-    assert JournalFormatter("%(name)s: %(message)s").format(record) == f"{prefix}vaf-elastic: grew by 3"
+    line = JournalFormatter("%(name)s: %(message)s").format(record)
+    assert line == f"{prefix}vaf-elastic: grew by 3"
 
 
 def test_notify_sends_one_datagram(tmp_path):
