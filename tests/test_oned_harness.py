@@ -434,15 +434,6 @@ def test_safety_timeout_is_a_harness_error(tree: Tree) -> None:
     assert time.monotonic() - started < 5
 
 
-def test_background_child_holding_stderr_is_a_harness_error(tree: Tree) -> None:
-    # one_tm.rb would read nil from the abandoned pipe and crash with a Ruby NoMethodError.
-    tree.script("probe", "clone", "#!/bin/sh\nsleep 3 &\necho 'INFO: started' >&2\n")
-    tree.prolog.write_text(LINE + "\n")
-    with pytest.raises(HarnessError, match="still open"):
-        run_transfer_file(
-            tree.prolog, remotes=tree.remotes, drivers="probe", action_id=7, var_dir=tree.var
-        )
-
 
 # ---------------------------------------------------------------------------------------------
 # The MAD conversation: threads, DRIVER_CANCEL, EOF

@@ -25,8 +25,8 @@ import subprocess
 import threading
 import time
 import xml.etree.ElementTree as ET
-from collections.abc import Callable, Iterable, Sequence
-from contextlib import suppress
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -46,8 +46,12 @@ __all__ = [
     "run_tm_command",
     "run_transfer_file",
     "run_vnm_action",
+    "RUNTIMES",
+    "current_runtime",
+    "runtime",
     "shell_escape",
     "vm_stdin",
+    "write_version_file",
 ]
 
 SUCCESS = "SUCCESS"
@@ -57,6 +61,12 @@ FAILURE = "FAILURE"
 _DEFAULTRC = {"PRIORITY": "19", "ONE_MAD_DEBUG": ""}
 # one_datastore.rb's default when DATASTORE_MAD has no -s option.
 SYSTEM_DS_TYPES = ("shared", "ssh", "ceph")
+
+#: the driver runtimes modelled: what one_tm.rb & co. of these releases do with a script's result
+RUNTIMES = ("7.0", "6.10")
+#: what each runtime installs as <remotes>/VERSION (the release the tests stand for)
+_VERSION_FILE = {"7.0": "7.0.0", "6.10": "6.10.5"}
+_selected = {"runtime": os.environ.get("VAF_ONED_RUNTIME", "7.0"), "lang": None}
 
 # CommandManager#capture3_timeout: after the process exits each still-open pipe reader gets
 # join(0.1), stdout first, then stderr; a reader still blocked is killed and its value is nil.
@@ -70,6 +80,8 @@ _DUMP_TAG = re.compile(r"(ERROR|DEBUG|INFO):(.*)$")
 # DriverExecHelper#get_info_from_execution; Ruby's \s and \d are ASCII-only.
 _TAGGED = re.compile(r"(ERROR|INFO|WARN|DEBUG):\s+(\d+)?\s*(.*)$", re.ASCII)
 _COMMENT = re.compile(r"\s*#", re.ASCII)
+# bytes the locale's codec could not read, kept by surrogateescape: Ruby's "broken" string parts
+_BROKEN = re.compile("[\udc80-\udcff]")
 _BLANK = re.compile(r"\s*$", re.ASCII)
 _RUBY_WS = " \t\n\v\f\r\0"  # what Ruby's String#strip removes (ASCII whitespace and NUL)
 _AWK_WS = " \t\n\v\f\r"  # what Ruby's split(' ') splits on
@@ -82,6 +94,54 @@ _TO_I = re.compile(r"[ \t\n\v\f\r]*([+-]?\d+(?:_\d+)*)", re.ASCII)
 
 class HarnessError(Exception):
     """The harness could not reproduce a runtime result (safety timeout, crash, hang, bad input)."""
+
+
+class _RubyError(Exception):
+    """A StandardError the Ruby runtime raises while reading a result; str() is its message."""
+
+
+def current_runtime() -> str:
+    """The runtime the harness models now: "7.0" (default) or "6.10"."""
+    return _selected["runtime"]
+
+
+@contextmanager
+def runtime(version: str, lang: str | None = None):
+    """Model the ``version`` runtime (``"7.0"`` or ``"6.10"``) inside the block.
+
+    ``lang`` is the MAD's locale (``LANG`` of oned's service): None, as under systemd by default,
+    makes Ruby read every script's stderr as US-ASCII, so a single non-ASCII byte breaks the
+    regex matching of the result; ``"C.UTF-8"`` reads it as UTF-8.
+    """
+    if version not in RUNTIMES:
+        raise HarnessError(f"unknown runtime {version!r} (known: {', '.join(RUNTIMES)})")
+    saved = dict(_selected)
+    _selected.update(runtime=version, lang=lang)
+    try:
+        yield version
+    finally:
+        _selected.update(saved)
+
+
+def write_version_file(remotes: str | os.PathLike, version: str | None = None) -> str:
+    """Write <remotes>/VERSION as OpenNebula installs it; returns the release written."""
+    release = _VERSION_FILE[version or current_runtime()]
+    with open(os.path.join(os.fspath(remotes), "VERSION"), "w", encoding="ascii") as handle:
+        handle.write(release + "\n")
+    return release
+
+
+def _ruby_encoding() -> str:
+    """Encoding.default_external of the MAD: its locale's charset, US-ASCII when unset or C."""
+    lang = (_selected["lang"] or "").lower()
+    return "UTF-8" if "utf-8" in lang or "utf8" in lang else "US-ASCII"
+
+
+def _ruby_match(pattern: re.Pattern, line: str) -> re.Match | None:
+    """Regexp#match on a line as Ruby holds it: a line with an invalid byte raises."""
+    if _BROKEN.search(line):
+        raise _RubyError(f"invalid byte sequence in {_ruby_encoding()}")
+    return pattern.match(line)
 
 
 class _Killed(Exception):
@@ -442,6 +502,17 @@ def _decode(data: bytes, what: str) -> str:
         raise HarnessError(f"{what} is not valid UTF-8; the Ruby runtime would crash") from err
 
 
+def _read_stream(data: bytes) -> str:
+    """A pipe read by Ruby in the MAD's locale: undecodable bytes kept as broken parts."""
+    codec = "utf-8" if _ruby_encoding() == "UTF-8" else "ascii"
+    return data.decode(codec, "surrogateescape")
+
+
+def _lost_value(runtime_version: str, empty):
+    """A pipe reader killed after the grace time: nil on 6.10, ``value || ''`` on 7.x."""
+    return None if runtime_version == "6.10" else empty
+
+
 def _generic_run(command: str, ctx: _Ctx, stdin: bytes, log: Callable[[str], None] | None) -> _Exec:
     """GenericCommand#run for LocalCommand: start, collect, and on failure dump to the log."""
     if ctx.cancel is not None and ctx.cancel.is_set():
@@ -454,13 +525,17 @@ def _generic_run(command: str, ctx: _Ctx, stdin: bytes, log: Callable[[str], Non
     if raw.timed_out:
         return _internal_error(f"Timeout executing {command}", log)
     code = raw.code if raw.code >= 0 else 255  # status.exited? is false after a signal
-    stdout = None if raw.out_lost else raw.out
-    stderr = None if raw.err_lost else _decode(raw.err, "stderr")
+    version = current_runtime()
+    stdout = _lost_value(version, b"") if raw.out_lost else raw.out
+    stderr = _lost_value(version, "") if raw.err_lost else _read_stream(raw.err)
     if code != 0 and log is not None:
-        log(f"Command execution failed (exit code: {code}): {command}")
-        if stderr is None:
-            raise HarnessError(_lost_stream_message("stderr", command))
-        log(stderr)
+        try:
+            log(f"Command execution failed (exit code: {code}): {command}")
+            if stderr is None:  # DriverExecHelper#log does message.strip
+                raise _RubyError("undefined method `strip' for nil:NilClass")
+            log(stderr)
+        except _RubyError as err:  # run's rescue: the message replaces stderr, code 255
+            return _internal_error(f"Internal error {err}", log)
     return _Exec(code, stdout, stderr)
 
 
@@ -471,57 +546,63 @@ def _internal_error(message: str, log: Callable[[str], None] | None) -> _Exec:
     return _Exec(255, None, message)
 
 
-def _lost_stream_message(stream: str, command: str) -> str:
-    return (
-        f"{stream} of {command!r} was still open {_GRACE}s after the script exited (a "
-        "background process holds it); the Ruby runtime reads nil and raises NoMethodError"
-    )
-
-
 # ---------------------------------------------------------------------------------------------
 # DriverExecHelper: stderr to LOG lines and a reason
 # ---------------------------------------------------------------------------------------------
 
 
-def _log_lines(number: object, message: str, all_lines: bool = True) -> list[str]:
-    """DriverExecHelper#log: the failure dump (tag text kept whole, WARN and the rest as I)."""
-    lines = []
+def _log_lines(number: object, message: str, all_lines: bool = True) -> Iterator[str]:
+    """DriverExecHelper#log: the failure dump (tag text kept whole, WARN and the rest as I).
+
+    A generator, because Ruby sends each line as it goes: when a later line raises (an invalid
+    byte), the lines before it have reached oned.
+    """
     for line in _each_line(_ruby_strip(message)):
-        match = _DUMP_TAG.match(line)
+        match = _ruby_match(_DUMP_TAG, line)
         if match:
             severity, text = _DUMP_SEVERITY[match.group(1)], match.group(2)
         elif all_lines:
             severity, text = "I", line
         else:
             continue
-        lines.append(_message("LOG", severity, number, _ruby_strip(text)))
-    return lines
+        yield _message("LOG", severity, number, _ruby_strip(text))
 
 
-def _info_from_execution(ex: _Exec) -> tuple[list[str], str, bytes]:
-    """get_info_from_execution: tagged lines become LOG lines, untagged ones the reason.
+def _info_from_execution(ex: _Exec, emit: Callable[[str], None],
+                         version: str | None = None) -> tuple[str, bytes]:
+    """get_info_from_execution of the selected runtime; LOG lines go to ``emit`` as they come.
 
-    Returns (LOG lines, result, info): info is stdout on success and the reason on failure,
-    "-" when empty.
+    Returns (result, info): info is stdout on success and the reason on failure, "-" when
+    empty. 7.x turns tagged stderr lines into LOG lines and joins the untagged ones into the
+    reason; 6.10 logs nothing on success and makes the whole stderr, newlines turned into
+    spaces, the reason (CommandManager#get_error_message). Raises _RubyError where Ruby would.
     """
-    if ex.stderr is None:
-        raise HarnessError(_lost_stream_message("stderr", "the script"))
-    lines, untagged = [], []
-    for raw in _each_line(ex.stderr):
+    if (version or current_runtime()) == "6.10":
+        if ex.code == 0:
+            return SUCCESS, ex.stdout or b"-"  # stdout nil (a lost pipe) also gives "-"
+        stderr = ex.stderr or ""
+        return FAILURE, (_ruby_strip(stderr.replace("\n", " ")) or "-").encode(
+            "utf-8", "surrogateescape")
+    untagged = []
+    for raw in _each_line(ex.stderr or ""):
         line = _ruby_strip(raw)
-        match = _TAGGED.match(line)
+        match = _ruby_match(_TAGGED, line)
         if match is None:
             untagged.append(line)
             continue
         severity = _TAG_SEVERITY[match.group(1)]
         ident = _ruby_integer(match.group(2))
-        lines.append(_message("LOG", severity, ident, _ruby_strip(match.group(3))))
+        emit(_message("LOG", severity, ident, _ruby_strip(match.group(3))))
     if ex.code == 0:
-        if ex.stdout is None:
-            raise HarnessError(_lost_stream_message("stdout", "the script"))
-        return lines, SUCCESS, ex.stdout or b"-"
+        return SUCCESS, ex.stdout or b"-"
     reason = _ruby_strip("".join(untagged).replace("\n", " ")) or "-"
-    return lines, FAILURE, reason.encode()
+    return FAILURE, reason.encode("utf-8", "surrogateescape")
+
+
+def _crash(err: _RubyError, where: str) -> HarnessError:
+    """A Ruby exception no rescue of ``where`` catches: the action gets no reply at all."""
+    return HarnessError(f"{where} raises {err} (no reply reaches oned): write ASCII only to "
+                        "stderr")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -590,11 +671,17 @@ class _TransferManager:
             message = f"Transfer file '{script_file}' does not exist"
             self._emit(_message("TRANSFER", FAILURE, ident, message))
             return
-        for words in commands:
-            result, info = self.do_transfer_action(ident, words)
-            if result == FAILURE:
-                self._emit(_message("TRANSFER", FAILURE, ident, info))
-                return
+        try:
+            for words in commands:
+                result, info = self.do_transfer_action(ident, words)
+                if result == FAILURE:
+                    self._emit(_message("TRANSFER", FAILURE, ident, info))
+                    return
+        except _RubyError as err:
+            if current_runtime() == "6.10":  # no rescue around action_transfer in 6.10
+                raise _crash(err, "one_tm.rb 6.10") from None
+            self._emit(_message("TRANSFER", FAILURE, ident, str(err)))  # 7.x's rescue
+            return
         self._emit(_message("TRANSFER", SUCCESS, ident, "-"))
 
     def do_transfer_action(
@@ -610,9 +697,7 @@ class _TransferManager:
         if error:
             return FAILURE, error
         ex = _generic_run(f"{path} {args}", self._ctx, stdin, self._logger(ident))
-        lines, result, info = _info_from_execution(ex)
-        for line in lines:
-            self._emit(line)
+        result, info = _info_from_execution(ex, self._emit)
         return result, info.decode("utf-8", "surrogateescape")
 
     def _script_path(self, driver: str, action: str) -> tuple[str, str | None]:
@@ -705,7 +790,10 @@ def run_tm_command(
     out: list[str] = []
     manager = _manager(remotes, drivers, _tm_context(var_dir, env, safety_timeout), out.append)
     data = stdin.encode() if isinstance(stdin, str) else stdin
-    result, info = manager.do_transfer_action(str(action_id), _awk_split(line), data)
+    try:
+        result, info = manager.do_transfer_action(str(action_id), _awk_split(line), data)
+    except _RubyError as err:
+        raise _crash(err, "the VMM's TM step") from None
     out.append(_message("TRANSFER", result, action_id, info if result == FAILURE else "-"))
     return out
 
@@ -790,7 +878,8 @@ class TmMad:
         action_id = _ruby_to_i(args[0]) if args else 0
         if name == "DRIVER_CANCEL":
             self._cancel(action_id)
-            self._emit(None, _log_lines(action_id, f"Driver command for {action_id} cancelled"))
+            cancelled = f"Driver command for {action_id} cancelled"
+            self._emit(None, list(_log_lines(action_id, cancelled)))
         else:
             self._trigger(name, action_id, args)
 
@@ -1052,8 +1141,10 @@ def run_ds_monitor(
         out.extend(_log_lines(ident, message))
 
     ex = _generic_run(command, ctx, _b64(payload_xml).encode(), log)
-    lines, result, info = _info_from_execution(ex)
-    out.extend(lines)
+    try:
+        result, info = _info_from_execution(ex, out.append)
+    except _RubyError as err:
+        raise _crash(err, "one_datastore.rb") from None
     out.append(_message("MONITOR", result, ident, _b64(info)))
     return out
 
@@ -1185,20 +1276,23 @@ def run_vnm_action(
         raise HarnessError(f"the host shell could not run {path}: {err}") from err
     raw = _Collector(proc, (_b64(vm_xml) + "\n").encode(), ctx).run()
     code = raw.code if raw.code >= 0 else 128 - raw.code
-    stderr = _decode(raw.err, "stderr")
+    stderr = _read_stream(raw.err)
     if stderr and not stderr.endswith("\n"):
         raise HarnessError(
             "stderr does not end with a newline: the ssh stream's end marker then does not "
             "start a line and the VMM action waits forever"
         )
     stream_err = f"{stderr}ExitCode: {code}"  # the marker line the stream leaves behind
-    logs = []
-    if code != 0:
-        failed = f"Command execution fail (exit code: {code}): cat << 'EOT' | {command}"
-        logs += _log_lines(ident, failed)
-    logs += _log_lines(ident, stream_err)
-    lines, result, info = _info_from_execution(_Exec(code, raw.out, stream_err))
-    return _script_run(code, result, info, logs + lines, raw.out, stderr)
+    logs: list[str] = []
+    try:
+        if code != 0:
+            failed = f"Command execution fail (exit code: {code}): cat << 'EOT' | {command}"
+            logs += _log_lines(ident, failed)
+        logs += _log_lines(ident, stream_err)
+        result, info = _info_from_execution(_Exec(code, raw.out, stream_err), logs.append)
+    except _RubyError as err:
+        raise _crash(err, "the VMM's network step") from None
+    return _script_run(code, result, info, logs, raw.out, stderr)
 
 
 def _script_run(code: int, result: str, info: bytes, logs: list[str], out: bytes, err: str):
@@ -1233,7 +1327,10 @@ def run_hook(
     ex = _generic_run(full, _host_ctx(env, cwd, safety_timeout, timeout), b"", None)
     # The hook manager treats a nil stream as empty (EXECUTION_RESULT#to_xml).
     ex = _Exec(ex.code, ex.stdout or b"", ex.stderr or "")
-    lines, result, info = _info_from_execution(ex)
+    # The hook manager keeps the raw result (any bytes); parse a readable copy for assertions.
+    readable = _Exec(ex.code, ex.stdout, _BROKEN.sub("?", ex.stderr))
+    lines: list[str] = []
+    result, info = _info_from_execution(readable, lines.append, version="7.0")
     return _script_run(ex.code, result, info, lines, ex.stdout, ex.stderr)
 
 
