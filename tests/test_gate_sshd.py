@@ -22,10 +22,9 @@ from vaf.host.runner import Runner
 from vaf.lab import slurm as slurm_support
 from vaf.lab import sshd as sshd_support
 from vaf.lab.daemons import wait_for
-from vaf.lab.torque_qmgr import QMGR_STANDIN, make_home
+from vaf.lab.torque import TorqueLab
 
 REPO = Path(__file__).resolve().parent.parent
-FAKE_QMGR = Path(QMGR_STANDIN)
 HOSTS = "127.0.0.1 vafw1\n127.0.0.3 vafw3\n"
 
 pytestmark = pytest.mark.skipif(not sshd_support.available(),
@@ -98,12 +97,12 @@ def guest(head: Head, root: Path, hostname: str = "vafw1", batch: str = "torque"
 
 @pytest.fixture
 def torque(sshd, join_key, tmp_path):
-    home = make_home(str(tmp_path / "torque"))
-    qmgr = shlex.join([sys.executable, str(FAKE_QMGR), "--home", home,
-                       "--hosts", str(tmp_path / "hosts")])
-    head = Head(sshd, join_key, tmp_path, {"BACKEND": "torque", "QMGR": qmgr})
-    head.nodes = Path(home) / "server_priv/nodes"
-    head.calls = Path(home) / "calls.jsonl"
+    lab = TorqueLab(tmp_path / "torque")
+    head = Head(sshd, join_key, tmp_path, {"BACKEND": "torque", "QMGR": shlex.join(lab.qmgr)})
+    lab.hosts.write_text(head.hosts.read_text())  # the server resolves as the gate does
+    head.lab = lab
+    head.nodes = lab.nodes_file
+    head.calls = Path(lab.home) / "calls.jsonl"
     return head
 
 
@@ -124,7 +123,7 @@ def test_guest_joins_torque_over_ssh_once(torque, tmp_path):
     worker.join()  # marker lost: the gate finds the node and says so, still success
     assert torque.nodes.read_text() == "vafw1 np=2 cloud\n"
     calls = [json.loads(line) for line in torque.calls.read_text().splitlines()]
-    assert calls == [["-c", 'create node vafw1 np=2,properties="cloud"']] * 2
+    assert calls == [["qmgr", "-c", 'create node vafw1 np=2,properties="cloud"']] * 2
     assert "torque: vafw1 (127.0.0.1) already present" in torque.gate_log()
 
 

@@ -136,7 +136,9 @@ class AccountingFollower:
         files = self.day_files()
         if self._position is None and files and not from_start:
             self._position = self._first_position(files[-1])  # the end as of start-up
-        self._from_start = True  # a day file that appears later is new from its first byte
+        # with no day file yet, every file that appears is new from its first byte
+        self._all_new = not files
+        self._from_start = True
 
     @property
     def position(self) -> Position | None:
@@ -159,7 +161,7 @@ class AccountingFollower:
         if not files:
             return []
         if self._position is None:
-            self._position = self._first_position(files[-1])
+            self._position = self._first_position(files[0] if self._all_new else files[-1])
         events = self._read_current()
         while self._position.name != files[-1]:
             later = [n for n in files if n > self._position.name]
