@@ -82,7 +82,9 @@ def recorded(tmp_path):
     backend = lab.torque(Runner().observed_by(lambda host, argv: calls.append(argv)))
     logged: list[tuple[int, str]] = []
     log = GateLog((lambda priority, message: logged.append((priority, message)),))
-    return Gate(backend, HostsFileResolver(str(lab.hosts))), log, calls, logged
+    gate = Gate(backend, HostsFileResolver(str(lab.hosts)),
+                allowed_properties=frozenset({"cloud"}), lock_dir=str(tmp_path / "locks"))
+    return gate, log, calls, logged
 
 
 @pytest.mark.parametrize("command", HOSTILE)
@@ -123,7 +125,9 @@ def test_a_valid_request_runs_exactly_one_qmgr_and_is_idempotent(recorded, tmp_p
                "SSH_CONNECTION": "10.0.0.5 50000 10.0.0.1 22"}
     assert handle(environ, gate, log) == (OK, "vaf-gate: joined w1")
     assert handle(environ, gate, log) == (OK, "vaf-gate: already present: w1")
-    assert [argv[-2:] for argv in calls] == [("-c", 'create node w1 np=2,properties="cloud"')] * 2
+    torque = gate.backend
+    assert calls == [(*torque.pbsnodes, "-x"),
+                     (*torque.qmgr, "-c", 'create node w1 np=2,properties="cloud"')] * 2
     assert (tmp_path / "server_priv" / "nodes").read_text() == "w1 np=2 cloud\n"
     assert logged[-1][1] == "torque: w1 (10.0.0.5) already present"
 

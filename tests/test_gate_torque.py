@@ -223,6 +223,7 @@ def _serve(tmp_path, config: str, command: str, source: str = "10.0.0.5"):
 
 def test_serve_end_to_end_in_process(server, tmp_path):
     config = (f"BACKEND=torque\nQMGR='{' '.join(server.qmgr)}'\n"
+              f"PBSNODES='{' '.join(server.lab.pbsnodes)}'\nLOCK_DIR={tmp_path / 'locks'}\n"
               f"HOSTS_FILE={server.lab.hosts}\nLOG_FILE={tmp_path / 'gate.log'}\n")
     assert _serve(tmp_path, config, "join w1 2") == (0, ["vaf-gate: joined w1"])
     assert _serve(tmp_path, config, "join w1 2") == (0, ["vaf-gate: already present: w1"])

@@ -97,6 +97,13 @@ class TorqueLab:
                 node["up"] = node["created"] = False
             server.write_nodes(self.home, nodes)
 
+    def slow(self, seconds: float) -> None:
+        """Every client call takes ``seconds`` before it is answered (a loaded server)."""
+        with server.locked(self.home):
+            state = server.server(self.home)
+            state["delay"] = seconds
+            server.write_json(self.home, "server.json", state)
+
     def restart(self) -> None:
         self.stop()
         self.start()

@@ -641,6 +641,7 @@ def main(argv: list[str]) -> int:
         argv = argv[2:]
     with open(os.path.join(home, "calls.jsonl"), "a", encoding="utf-8") as handle:
         handle.write(json.dumps([program, *argv]) + "\n")
+    time.sleep(server(home).get("delay", 0))  # a busy server (TorqueLab.slow)
     return PROGRAMS[program](home, hosts, argv)
 
 
