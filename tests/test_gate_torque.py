@@ -170,6 +170,15 @@ def test_only_managers_change_nodes(tmp_path, managers, allowed):
         assert not lab.nodes_file.exists()
 
 
+def test_managers_are_set_with_qmgr(server):
+    assert server("-c", "set server managers += vafgate@localhost")[0] == 0
+    assert server("-c", "print server")[1] == (
+        "set server managers = root@localhost\nset server managers += vafgate@localhost\n")
+    assert server_log(server) == [
+        ["04", "Svr", "PBS_Server", "attributes set:  at request of root@localhost"],
+        ["04", "Svr", "PBS_Server", "attributes set: managers += vafgate@localhost"]]
+
+
 def test_a_stopped_server(server):
     server.lab.stop()
     assert server("-c", "create node w1 np=1") == (

@@ -250,18 +250,24 @@ def _names(line: str, position: int) -> tuple[int, list[str]]:
 
 
 def _attribute_list(line: str, position: int) -> list[tuple[str, str, str]]:
-    while position < len(line) and line[position] in " \t":
-        position += 1
+    """``attr OP value[, attr OP value]...``; blanks may surround OP and follow a comma,
+    but a second attribute after a blank (no comma) is the syntax error qmgr reports."""
+    def blanks(at: int) -> int:
+        while at < len(line) and line[at] in " \t":
+            at += 1
+        return at
+
+    position = blanks(position)
     found: list[tuple[str, str, str]] = []
     while position < len(line):
         match = _ATTRIBUTE_NAME.match(line, position)
         if not match:
             raise SyntaxFault(position)
-        position = match.end()
+        position = blanks(match.end())
         operator = next((op for op in ("+=", "-=", "=") if line.startswith(op, position)), None)
         if operator is None:
             raise SyntaxFault(position)
-        position += len(operator)
+        position = blanks(position + len(operator))
         if line.startswith('"', position):
             end = line.find('"', position + 1)
             if end < 0:
@@ -273,13 +279,12 @@ def _attribute_list(line: str, position: int) -> list[tuple[str, str, str]]:
                 end += 1
             value, position = line[position:end], end
         found.append((match[0], operator, value))
+        position = blanks(position)
         if line.startswith(",", position):
-            position += 1
+            position = blanks(position + 1)
             continue
-        rest = line[position:]
-        if rest.strip():
-            raise SyntaxFault(position + len(rest) - len(rest.lstrip()))
-        break
+        if position < len(line):
+            raise SyntaxFault(position)
     return found
 
 
@@ -449,9 +454,11 @@ def _server_directive(home: str, state: dict, command: str, attributes) -> int:
         return 0
     if command != "set" or caller() not in state["managers"]:
         return reject(home, state["name"], PERMISSION)
+    unknown = [attribute for attribute, _, _ in attributes if attribute != "managers"]
+    if unknown:  # the stand-in models the server's managers only
+        return reject(home, state["name"], NO_ATTRIBUTE, f" {unknown[0]}")
+    log(home, "04", "Svr", "PBS_Server", f"attributes set:  at request of {caller()}")
     for attribute, operator, value in attributes:
-        if attribute != "managers":
-            return reject(home, state["name"], NO_ATTRIBUTE, f" {attribute}")
         if operator == "=":
             state["managers"] = [value]
         elif operator == "+=" and value not in state["managers"]:
