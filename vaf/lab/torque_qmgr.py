@@ -458,7 +458,7 @@ def _server_directive(home: str, state: dict, command: str, attributes) -> int:
     if unknown:  # the stand-in models the server's managers only
         return reject(home, state["name"], NO_ATTRIBUTE, f" {unknown[0]}")
     log(home, "04", "Svr", "PBS_Server", f"attributes set:  at request of {caller()}")
-    for attribute, operator, value in attributes:
+    for _, operator, value in attributes:
         if operator == "=":
             state["managers"] = [value]
         elif operator == "+=" and value not in state["managers"]:
