@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from vaf.batch.slurm import Slurm as SlurmAdapter
+from vaf.gate.gate import slurm_backend
 from vaf.guest.worker import Worker, settings_from_context
 from vaf.host.runner import Runner
 from vaf.lab import slurm as slurm_support
@@ -209,21 +209,26 @@ def test_a_flood_from_one_address_runs_one_join(torque):
 
 # --- real Slurm -----------------------------------------------------------------------
 
+def slurm_settings(cluster) -> dict[str, str]:
+    sinfo = ["env", f"SLURM_CONF={cluster.conf}", "sinfo"]
+    return {"BACKEND": "slurm", "SCONTROL": shlex.join(cluster.scontrol),
+            "SINFO": shlex.join(sinfo)}
+
+
 @pytest.fixture(scope="module")
 def slurm():
     if not slurm_support.available():
         pytest.skip("needs slurmctld, slurmd, munge (scripts/deps/apt-context.txt)")
-    if not hasattr(SlurmAdapter, "nodes"):
-        pytest.skip("the gate asks the batch system for its nodes: Slurm.nodes() comes with "
-                    "the elastic daemon's vaf/batch/slurm.py")
+    if not hasattr(slurm_backend(Runner(), ("scontrol",), 1.0, ("sinfo",)), "nodes"):
+        pytest.skip("the gate lists nodes before adding one: needs the Slurm adapter with "
+                    "nodes() (SlurmQueue, sinfo --json, from the elastic branch)")
     cluster = slurm_support.Slurm().start()
     yield cluster
     cluster.stop()
 
 
 def test_guest_joins_real_slurm_and_the_node_shows_in_sinfo(slurm, sshd, join_key, tmp_path):
-    head = Head(sshd, join_key, tmp_path, {"BACKEND": "slurm",
-                                           "SCONTROL": shlex.join(slurm.scontrol)})
+    head = Head(sshd, join_key, tmp_path, slurm_settings(slurm))
     assert slurm.node_state("vafw1") == ""
     worker = guest(head, tmp_path / "root", batch="slurm")
     worker.join()
@@ -239,16 +244,14 @@ def test_guest_joins_real_slurm_and_the_node_shows_in_sinfo(slurm, sshd, join_ke
 
 
 def test_slurm_refuses_another_machines_name(slurm, sshd, join_key, tmp_path):
-    head = Head(sshd, join_key, tmp_path, {"BACKEND": "slurm",
-                                           "SCONTROL": shlex.join(slurm.scontrol)})
+    head = Head(sshd, join_key, tmp_path, slurm_settings(slurm))
     assert head.ssh("join vafw3 2").returncode == 3
     assert slurm.node_state("vafw3") == ""
 
 
 def test_a_recreated_worker_moves_its_slurm_node_to_the_new_address(slurm, sshd, join_key,
                                                                     tmp_path):
-    head = Head(sshd, join_key, tmp_path, {"BACKEND": "slurm",
-                                           "SCONTROL": shlex.join(slurm.scontrol)})
+    head = Head(sshd, join_key, tmp_path, slurm_settings(slurm))
     head.hosts.write_text("127.0.0.1 vafw1\n127.0.0.4 vafw4\n")
     assert head.ssh("join vafw4 1").returncode == 3  # not from 127.0.0.1
     assert head.ssh("join vafw4 1", source="127.0.0.4").returncode == 0
