@@ -166,7 +166,7 @@ def test_second_run_is_idempotent(vm):
 
 def test_unreachable_head_is_retried_with_backoff(vm):
     root, state = vm
-    (state / "ssh.codes").write_text("255 255 4 0")
+    (state / "ssh.codes").write_text("255 6 4 0")  # unreachable, busy (gate), batch failed
     observed: list = []
     sleeps: list = []
     worker(root, observed, sleeps).run_all()

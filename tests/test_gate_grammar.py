@@ -89,7 +89,7 @@ def hosts(tmp_path):
 
 
 @pytest.mark.parametrize(("name", "client"), [
-    ("w1.vaf", "10.0.0.5"), ("w1", "10.0.0.5"), ("w7", "fd00::7"), ("w2.vaf", "::ffff:10.0.0.6"),
+    ("w1.vaf", "10.0.0.5"), ("w7", "fd00::7"), ("w2.vaf", "::ffff:10.0.0.6"),
 ])
 def test_binding_accepts_a_name_of_the_connecting_address(hosts, name, client):
     check_binding(name, normalise_address(client), hosts)
@@ -98,6 +98,10 @@ def test_binding_accepts_a_name_of_the_connecting_address(hosts, name, client):
 @pytest.mark.parametrize(("name", "client", "reason"), [
     ("w2.vaf", "10.0.0.5", "w2.vaf resolves to 10.0.0.6, not to the connecting address 10.0.0.5"),
     ("ghost", "10.0.0.5", "ghost does not resolve on the batch server"),
+    # aliases of the connecting address: only its canonical name (first on its first line)
+    ("w1", "10.0.0.5", "w1 is an alias: the name of 10.0.0.5 is w1.vaf (one address, one node)"),
+    ("alias5", "10.0.0.5",
+     "alias5 is an alias: the name of 10.0.0.5 is w1.vaf (one address, one node)"),
 ])
 def test_binding_refuses_another_machines_name(hosts, name, client, reason):
     with pytest.raises(Denied) as err:
@@ -108,12 +112,21 @@ def test_binding_refuses_another_machines_name(hosts, name, client, reason):
 
 def test_reverse_check_is_what_stops_aliases(hosts, tmp_path):
     path = tmp_path / "hosts2"
+    path.write_text("10.0.0.5 wn13 wn13-alias\n")
+    resolver = HostsFileResolver(str(path))
+    check_binding("wn13", normalise_address("10.0.0.5"), resolver)
+    with pytest.raises(Denied, match="wn13-alias is an alias: the name of 10.0.0.5 is wn13"):
+        check_binding("wn13-alias", normalise_address("10.0.0.5"), resolver)
+    check_binding("wn13-alias", normalise_address("10.0.0.5"), resolver, reverse=False)
+
+
+def test_an_address_without_a_reverse_name_is_denied(tmp_path):
+    path = tmp_path / "hosts3"
     path.write_text("10.0.0.5 w1\n")
-    only_forward = HostsFileResolver(str(path))
-    only_forward.names = lambda address: set()  # a resolver without the reverse entry
-    with pytest.raises(Denied, match="does not resolve back to w1"):
-        check_binding("w1", normalise_address("10.0.0.5"), only_forward)
-    check_binding("w1", normalise_address("10.0.0.5"), only_forward, reverse=False)
+    forward_only = HostsFileResolver(str(path))
+    forward_only.canonical = lambda address: None  # a DNS zone without the PTR record
+    with pytest.raises(Denied, match="10.0.0.5 does not resolve back to any name"):
+        check_binding("w1", normalise_address("10.0.0.5"), forward_only)
 
 
 @pytest.mark.parametrize("connection", [None, "", "10.0.0.5 22", "x 1 2 3", "1 2 3 4 5"])

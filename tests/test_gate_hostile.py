@@ -7,18 +7,15 @@ exit code 2 and an empty record. Then hypothesis throws random strings at the gr
 
 from __future__ import annotations
 
-import sys
-
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vaf.batch.torque import Torque
 from vaf.gate.gate import DENIED, OK, REFUSED, Gate, GateLog, handle
 from vaf.gate.grammar import MAX_COMMAND, JoinRequest, Refused, parse
 from vaf.gate.identity import HostsFileResolver
 from vaf.host.runner import Runner
-from vaf.lab.torque_qmgr import QMGR_STANDIN
+from vaf.lab.torque import TorqueLab
 
 # Appended to (or put inside) an otherwise valid request: each must break it.
 PAYLOADS = [
@@ -78,15 +75,16 @@ def test_the_table_is_big_enough():
 @pytest.fixture
 def recorded(tmp_path):
     """A gate whose resolver knows w1 and whose TORQUE backend records every command."""
-    hosts = tmp_path / "hosts"
-    hosts.write_text("10.0.0.5 w1 w1.vaf\n10.0.0.6 w2\n")
+    lab = TorqueLab(tmp_path)
+    lab.add_host("10.0.0.5", "w1", "w1.vaf")
+    lab.add_host("10.0.0.6", "w2")
     calls: list[tuple] = []
-    qmgr = (sys.executable, QMGR_STANDIN, "--home", str(tmp_path),
-            "--hosts", str(hosts))
-    backend = Torque(Runner().observed_by(lambda host, argv: calls.append(argv)), qmgr)
+    backend = lab.torque(Runner().observed_by(lambda host, argv: calls.append(argv)))
     logged: list[tuple[int, str]] = []
     log = GateLog((lambda priority, message: logged.append((priority, message)),))
-    return Gate(backend, HostsFileResolver(str(hosts))), log, calls, logged
+    gate = Gate(backend, HostsFileResolver(str(lab.hosts)),
+                allowed_properties=frozenset({"cloud"}), lock_dir=str(tmp_path / "locks"))
+    return gate, log, calls, logged
 
 
 @pytest.mark.parametrize("command", HOSTILE)
@@ -123,13 +121,13 @@ def test_a_name_bound_to_another_address_is_denied_and_nothing_runs(recorded, co
 
 def test_a_valid_request_runs_exactly_one_qmgr_and_is_idempotent(recorded, tmp_path):
     gate, log, calls, logged = recorded
-    (tmp_path / "server_priv").mkdir()
-    (tmp_path / "server_logs").mkdir()
     environ = {"SSH_ORIGINAL_COMMAND": "join w1 2 cloud",
                "SSH_CONNECTION": "10.0.0.5 50000 10.0.0.1 22"}
     assert handle(environ, gate, log) == (OK, "vaf-gate: joined w1")
     assert handle(environ, gate, log) == (OK, "vaf-gate: already present: w1")
-    assert [argv[-2:] for argv in calls] == [("-c", 'create node w1 np=2,properties="cloud"')] * 2
+    torque = gate.backend
+    assert calls == [(*torque.pbsnodes, "-x"),
+                     (*torque.qmgr, "-c", 'create node w1 np=2,properties="cloud"')] * 2
     assert (tmp_path / "server_priv" / "nodes").read_text() == "w1 np=2 cloud\n"
     assert logged[-1][1] == "torque: w1 (10.0.0.5) already present"
 

@@ -13,19 +13,20 @@ import json
 import shlex
 import sys
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
+from vaf.gate.gate import slurm_backend
 from vaf.guest.worker import Worker, settings_from_context
 from vaf.host.runner import Runner
 from vaf.lab import slurm as slurm_support
 from vaf.lab import sshd as sshd_support
 from vaf.lab.daemons import wait_for
-from vaf.lab.torque_qmgr import QMGR_STANDIN, make_home
+from vaf.lab.torque import TorqueLab
 
 REPO = Path(__file__).resolve().parent.parent
-FAKE_QMGR = Path(QMGR_STANDIN)
 HOSTS = "127.0.0.1 vafw1\n127.0.0.3 vafw3\n"
 
 pytestmark = pytest.mark.skipif(not sshd_support.available(),
@@ -54,7 +55,8 @@ class Head:
         self.hosts.write_text(HOSTS)
         self.log_file = directory / "gate.log"
         self.conf = directory / "gate.conf"
-        lines = [f"HOSTS_FILE={self.hosts}", f"LOG_FILE={self.log_file}", "TIMEOUT=30"]
+        lines = [f"HOSTS_FILE={self.hosts}", f"LOG_FILE={self.log_file}", "TIMEOUT=30",
+                 f"LOCK_DIR={directory / 'locks'}", "ALLOWED_PROPERTIES=cloud"]
         lines += [f"{k}={shlex.quote(v)}" for k, v in settings.items()]
         self.conf.write_text("\n".join(lines) + "\n")
         self.line = self.admin_line(sources)
@@ -98,12 +100,13 @@ def guest(head: Head, root: Path, hostname: str = "vafw1", batch: str = "torque"
 
 @pytest.fixture
 def torque(sshd, join_key, tmp_path):
-    home = make_home(str(tmp_path / "torque"))
-    qmgr = shlex.join([sys.executable, str(FAKE_QMGR), "--home", home,
-                       "--hosts", str(tmp_path / "hosts")])
-    head = Head(sshd, join_key, tmp_path, {"BACKEND": "torque", "QMGR": qmgr})
-    head.nodes = Path(home) / "server_priv/nodes"
-    head.calls = Path(home) / "calls.jsonl"
+    lab = TorqueLab(tmp_path / "torque")
+    head = Head(sshd, join_key, tmp_path, {"BACKEND": "torque", "QMGR": shlex.join(lab.qmgr),
+                                           "PBSNODES": shlex.join(lab.pbsnodes)})
+    lab.hosts.write_text(head.hosts.read_text())  # the server resolves as the gate does
+    head.lab = lab
+    head.nodes = lab.nodes_file
+    head.calls = Path(lab.home) / "calls.jsonl"
     return head
 
 
@@ -124,7 +127,8 @@ def test_guest_joins_torque_over_ssh_once(torque, tmp_path):
     worker.join()  # marker lost: the gate finds the node and says so, still success
     assert torque.nodes.read_text() == "vafw1 np=2 cloud\n"
     calls = [json.loads(line) for line in torque.calls.read_text().splitlines()]
-    assert calls == [["-c", 'create node vafw1 np=2,properties="cloud"']] * 2
+    assert calls == [["pbsnodes", "-x"],
+                     ["qmgr", "-c", 'create node vafw1 np=2,properties="cloud"']] * 2
     assert "torque: vafw1 (127.0.0.1) already present" in torque.gate_log()
 
 
@@ -171,20 +175,60 @@ def test_no_shell_and_no_forwarding_for_the_key(torque):
     assert torque.calls.read_text() == ""
 
 
+def test_an_alias_of_the_address_is_denied_over_ssh(torque):
+    torque.lab.add_host("127.0.0.6", "vafw6", "vafw6-alias")
+    torque.hosts.write_text(torque.lab.hosts.read_text())
+    assert torque.ssh("join vafw6 2", source="127.0.0.6").returncode == 0
+    alias = torque.ssh("join vafw6-alias 2", source="127.0.0.6")
+    assert (alias.returncode, alias.stderr.strip()) == (
+        3, "vaf-gate: denied: vafw6-alias is an alias: the name of 127.0.0.6 is vafw6 "
+           "(one address, one node)")
+    assert torque.nodes.read_text() == "vafw6 np=2\n"
+
+
+def test_worker_claims_beyond_the_admins_limits_are_refused_over_ssh(torque):
+    for command in ("join vafw1 65", "join vafw1 2 gpu"):
+        result = torque.ssh(command)
+        assert result.returncode == 2 and result.stderr.startswith("vaf-gate: refused: ")
+    assert torque.calls.read_text() == ""
+
+
+def test_a_flood_from_one_address_runs_one_join(torque):
+    """Concurrent joins from one address: one reaches the (slow) server, the others are
+    refused at once instead of queueing on qmgr."""
+    torque.lab.slow(3)
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda _: torque.ssh("join vafw1 2"), range(4)))
+    codes = sorted(r.returncode for r in results)
+    assert codes == [0, 6, 6, 6]
+    busy = [r.stderr.strip() for r in results if r.returncode == 6]
+    assert set(busy) == {"vaf-gate: busy: another join from 127.0.0.1 is in progress; "
+                         "retry later"}
+    assert [c[0] for c in torque.lab.calls()] == ["pbsnodes", "qmgr"]
+
+
 # --- real Slurm -----------------------------------------------------------------------
+
+def slurm_settings(cluster) -> dict[str, str]:
+    sinfo = ["env", f"SLURM_CONF={cluster.conf}", "sinfo"]
+    return {"BACKEND": "slurm", "SCONTROL": shlex.join(cluster.scontrol),
+            "SINFO": shlex.join(sinfo)}
+
 
 @pytest.fixture(scope="module")
 def slurm():
     if not slurm_support.available():
         pytest.skip("needs slurmctld, slurmd, munge (scripts/deps/apt-context.txt)")
+    if not hasattr(slurm_backend(Runner(), ("scontrol",), 1.0, ("sinfo",)), "nodes"):
+        pytest.skip("the gate lists nodes before adding one: needs the Slurm adapter with "
+                    "nodes() (SlurmQueue, sinfo --json, from the elastic branch)")
     cluster = slurm_support.Slurm().start()
     yield cluster
     cluster.stop()
 
 
 def test_guest_joins_real_slurm_and_the_node_shows_in_sinfo(slurm, sshd, join_key, tmp_path):
-    head = Head(sshd, join_key, tmp_path, {"BACKEND": "slurm",
-                                           "SCONTROL": shlex.join(slurm.scontrol)})
+    head = Head(sshd, join_key, tmp_path, slurm_settings(slurm))
     assert slurm.node_state("vafw1") == ""
     worker = guest(head, tmp_path / "root", batch="slurm")
     worker.join()
@@ -200,16 +244,14 @@ def test_guest_joins_real_slurm_and_the_node_shows_in_sinfo(slurm, sshd, join_ke
 
 
 def test_slurm_refuses_another_machines_name(slurm, sshd, join_key, tmp_path):
-    head = Head(sshd, join_key, tmp_path, {"BACKEND": "slurm",
-                                           "SCONTROL": shlex.join(slurm.scontrol)})
+    head = Head(sshd, join_key, tmp_path, slurm_settings(slurm))
     assert head.ssh("join vafw3 2").returncode == 3
     assert slurm.node_state("vafw3") == ""
 
 
 def test_a_recreated_worker_moves_its_slurm_node_to_the_new_address(slurm, sshd, join_key,
                                                                     tmp_path):
-    head = Head(sshd, join_key, tmp_path, {"BACKEND": "slurm",
-                                           "SCONTROL": shlex.join(slurm.scontrol)})
+    head = Head(sshd, join_key, tmp_path, slurm_settings(slurm))
     head.hosts.write_text("127.0.0.1 vafw1\n127.0.0.4 vafw4\n")
     assert head.ssh("join vafw4 1").returncode == 3  # not from 127.0.0.1
     assert head.ssh("join vafw4 1", source="127.0.0.4").returncode == 0

@@ -3,8 +3,10 @@
 The key is shared by all workers, so the key proves only "some worker". The name a worker
 asks for is bound to it through the resolver of the batch server (the same one TORQUE uses
 to accept a node): the name must resolve to the ``SSH_CONNECTION`` source address and, with
-``reverse`` checking, that address must map back to the name, so one address cannot
-register an alias as a second node (TORQUE then distrusts the shared address).
+``reverse`` checking, it must be that address's canonical name (the reverse lookup's name;
+in a hosts file the first name of the address's first line). An alias of the address is
+refused, so one address cannot register a second node (TORQUE then distrusts the shared
+address); the gate also refuses an address that already carries a node of another name.
 
 Two resolvers: :class:`SystemResolver` (getaddrinfo/gethostbyaddr: /etc/hosts, DNS, as
 configured in nsswitch.conf) for production, and :class:`HostsFileResolver` reading one
@@ -34,7 +36,8 @@ class Denied(VafError):
 class Resolver(Protocol):
     def addresses(self, name: str) -> set[Address]: ...
 
-    def names(self, address: Address) -> set[str]: ...
+    def canonical(self, address: Address) -> str | None:
+        """The address's own name (what a reverse lookup answers), None without one."""
 
 
 def normalise_address(text: str) -> Address:
@@ -58,12 +61,12 @@ class SystemResolver:
             return set()
         return {normalise_address(info[4][0]) for info in infos}
 
-    def names(self, address: Address) -> set[str]:
+    def canonical(self, address: Address) -> str | None:
         try:
-            primary, aliases, _ = socket.gethostbyaddr(str(address))
+            primary = socket.gethostbyaddr(str(address))[0]
         except (socket.herror, socket.gaierror, OSError):
-            return set()
-        return {_normalise_name(n) for n in [primary, *aliases]}
+            return None
+        return _normalise_name(primary)
 
 
 @dataclass
@@ -81,8 +84,9 @@ class HostsFileResolver:
         wanted = _normalise_name(name)
         return {addr for addr, names in self._entries if wanted in names}
 
-    def names(self, address: Address) -> set[str]:
-        return {n for addr, names in self._entries if addr == address for n in names}
+    def canonical(self, address: Address) -> str | None:
+        """The first name of the first line for ``address``, as glibc's files backend does."""
+        return next((names[0] for addr, names in self._entries if addr == address), None)
 
 
 def _parse_hosts(lines: Iterable[str]):
@@ -116,5 +120,11 @@ def check_binding(name: str, client: Address, resolver: Resolver, reverse: bool 
     if client not in forward:
         shown = ", ".join(sorted(str(a) for a in forward))
         raise Denied(f"{name} resolves to {shown}, not to the connecting address {client}")
-    if reverse and _normalise_name(name) not in resolver.names(client):
-        raise Denied(f"{client} does not resolve back to {name}")
+    if not reverse:
+        return
+    canonical = resolver.canonical(client)
+    if canonical is None:
+        raise Denied(f"{client} does not resolve back to any name")
+    if canonical != _normalise_name(name):
+        raise Denied(f"{name} is an alias: the name of {client} is {canonical} "
+                     "(one address, one node)")

@@ -6,8 +6,10 @@
   action and turn its exit code and stderr into a reply);
 * :mod:`vaf.lab.lvmsnap_env` — lvmsnap's remotes synced into the test hypervisor, images on its
   shared mount;
-* :mod:`vaf.lab.torque_qmgr` — a ``qmgr`` stand-in with a real TORQUE server's texts and exit
-  codes; :mod:`vaf.lab.slurm`, :mod:`vaf.lab.sshd` — real Slurm and sshd daemons on 127.0.0.1,
+* :mod:`vaf.lab.torque_qmgr`, :mod:`vaf.lab.torque` — a TORQUE server stand-in (``qmgr``,
+  ``pbsnodes``, ``qstat``, the accounting log) with a real server's texts, formats and exit
+  codes, and :class:`~vaf.lab.torque.TorqueLab` to drive it;
+* :mod:`vaf.lab.slurm`, :mod:`vaf.lab.sshd` — real Slurm and sshd daemons on 127.0.0.1,
   started without systemd; :mod:`vaf.lab.netns` — hosts in network namespaces on a bridge.
 
 The lab is product code (the README's first command runs it) but it is never shipped to
