@@ -18,7 +18,7 @@ from vaf.drivers.lvmsnap.settings import SETTINGS, Settings
 from vaf.errors import DriverError, ProtocolError
 from vaf.host import dd, fs, iso
 from vaf.host import lvm as L
-from vaf.host.runner import CommandError, HostUnreachable
+from vaf.host.runner import CommandError, HostUnreachable, Runner
 from vaf.one import remote
 from vaf.one.dispatch import locate
 
@@ -347,3 +347,51 @@ def test_every_conf_key_is_documented_with_its_default():
     doc = (REPO / "docs" / "lvmsnap.md").read_text()
     for setting in SETTINGS:
         assert f"`{setting.key}`" in doc, setting.key
+
+
+def test_a_host_without_vafs_host_command_is_told_to_sync(tmp_path):
+    runner = Runner()  # "the host" is this machine, with an empty remotes tree
+    with pytest.raises(DriverError, match=r"lvmsnap clone: vaf's host-command is missing on "
+                                          r"localhost \(run onehost sync -f\)"):
+        remote.call(runner, "lvmsnap-clone", {}, remotes=str(tmp_path),
+                    python=("/usr/bin/python3", "-S"))
+
+
+def test_a_host_with_an_older_host_command_is_told_to_sync():
+    with pytest.raises(remote.HostFailure, match=r"unknown host command 'lvmsnap-frob' .* on "
+                                                 r"localhost \(its remotes tree is older"):
+        remote.call(Runner(), "lvmsnap-frob", {}, remotes=str(REPO / "remotes"),
+                    python=("/usr/bin/python3", "-S"), stream=io.StringIO())
+
+
+class _Recorder(Exception):
+    pass
+
+
+@pytest.mark.parametrize("call, expected", [
+    (lambda vg: vg.create_linear("lv-one-7-0", 64, ["vaf.lvmsnap"]),
+     L.lvcreate_linear_argv("vg-one-100", "lv-one-7-0", 64, ["vaf.lvmsnap"])),
+    (lambda vg: vg.create_pool("vaf-pool", "50%VG"),
+     L.lvcreate_pool_argv("vg-one-100", "vaf-pool", "50%VG")),
+    (lambda vg: vg.snapshot_thin("vaf-pool", "vaf-cache-a", "lv-one-7-0"),
+     L.lvcreate_thin_snapshot_argv("vg-one-100", "vaf-pool", "vaf-cache-a", "lv-one-7-0")),
+    (lambda vg: vg.snapshot_classic("vaf-cache-a", "lv-one-7-0", 80),
+     L.lvcreate_classic_snapshot_argv("vg-one-100", "vaf-cache-a", "lv-one-7-0", 80)),
+    (lambda vg: vg.remove("lv-one-7-0"), ["lvremove", "-f", "vg-one-100/lv-one-7-0"]),
+    (lambda vg: vg.rename("vaf-fill-a", "vaf-cache-a"),
+     ["lvrename", "vg-one-100", "vaf-fill-a", "vaf-cache-a"]),
+    (lambda vg: vg.retag("vaf-cache-a", ["vaf.used=1"], ["vaf.used=2"]),
+     ["lvchange", "--deltag", "vaf.used=1", "--addtag", "vaf.used=2", "vg-one-100/vaf-cache-a"]),
+    (lambda vg: vg.extend("lv-one-7-0", 128), ["lvextend", "-L", "128m", "vg-one-100/lv-one-7-0"]),
+])
+def test_the_volume_group_runs_each_operation_as_one_lvm_command_with_sudo(call, expected):
+    seen = []
+
+    def record(host, argv):
+        seen.append(argv)
+        raise _Recorder
+
+    vg = L.VolumeGroup("vg-one-100", Runner(sudo_prefix=("sudo", "-n")).observed_by(record))
+    with pytest.raises(_Recorder):
+        call(vg)
+    assert seen == [tuple(expected)]

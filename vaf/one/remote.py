@@ -11,7 +11,9 @@ as they come (so progress shows up live) and turns a failure into one clear reas
 * the host's own reason line, relayed as is (its exit code kept: 1 or 2);
 * ssh could not connect: the runner's :class:`~vaf.host.runner.HostUnreachable` reason;
 * the host command died (killed, connection lost after it started): said so, not "ssh failed";
-* the program there is not vaf's (no tagged line, no reason): the command's own stderr.
+* no host-command there, or an older one without this command: said so, with the fix
+  (``onehost sync -f``);
+* anything else without a reason line: the command's own stderr.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ from vaf.host.runner import CommandError, HostUnreachable, Result, Runner
 HOST_COMMAND = ("vaf", "host-command")
 #: -S: no site packages (the host side is stdlib only), which saves startup on every call
 DEFAULT_PYTHON = ("python3", "-S")
+#: what python3 says when the script it should run does not exist
+NOT_THERE = "can't open file"
 _TAGGED_RE = re.compile(r"^(ERROR|INFO|WARN|DEBUG):\s+")
 
 
@@ -67,9 +71,18 @@ class Relay:
                                "connection was lost)")
         if isinstance(err, HostUnreachable) or not self.untagged:
             return err
+        where = err.host or "localhost"
+        if not self.tagged and any(NOT_THERE in line for line in self.untagged):
+            # python3 found no host-command: the remotes tree there is missing or not vaf's
+            return DriverError(f"{what}: vaf's host-command is missing on {where} "
+                               "(run onehost sync -f)")
+        reason = one_line(self.untagged[-1])
+        if reason.startswith("unknown host command"):
+            reason += f" on {where} (its remotes tree is older than the front-end's: " \
+                      "run onehost sync -f)"
         # The host wrote one reason line; anything before it (an ssh warning) is context.
-        return HostFailure(one_line(self.untagged[-1]),
-                           [f"from {err.host or 'localhost'}: {line}"
+        return HostFailure(reason,
+                           [f"from {where}: {line}"
                             for line in self.untagged[:-1]], err.returncode)
 
 
