@@ -162,3 +162,9 @@ def test_the_privileged_program_is_named_by_its_installed_path_only():
     text = SUDOERS.read_text()
     assert "/usr/lib/vaf/vaf-privileged ^cpu-(apply|release|status)$" in text
     assert "python" not in text and "/var/tmp/one" not in text
+
+
+def test_every_rule_is_documented():
+    aliases = re.findall(r"^Cmnd_Alias\s+(\w+)", SUDOERS.read_text(), re.MULTILINE)
+    doc = (REPO / "docs" / "privileged.md").read_text()
+    assert aliases and [a for a in aliases if f"`{a}`" not in doc] == []
