@@ -9,7 +9,8 @@
 #
 # What it does, idempotently:
 #  * copies every vaf executable (the launcher under each action name oned calls) into
-#    <remotes>/{tm,vnm,vmm,hooks}/..., keeping symlinks as symlinks;
+#    <remotes>/{tm,vnm,hooks}/..., keeping symlinks as symlinks (no vmm/: the KVM driver
+#    stays stock, docs/cpu-priority.md);
 #  * copies the vaf package into <remotes>/vaf/lib/vaf, so hosts get it with `onehost sync`
 #    and need no pip install;
 #  * installs configuration files under <remotes>/etc/ only where none exists (never
@@ -19,6 +20,8 @@
 set -euo pipefail
 
 SRC="$(cd "$(dirname "$0")" && pwd)"
+# the directories of remotes/ that hold files oned runs (tests/test_install.py reads this line)
+KINDS="tm vnm hooks"
 REMOTES=/var/lib/one/remotes
 ROOT=""
 DEPS=yes
@@ -119,7 +122,7 @@ EOF
 }
 
 install_deps
-for kind in tm vnm vmm hooks; do copy_tree "$kind"; done
+for kind in $KINDS; do copy_tree "$kind"; done
 install_package
 install_confs
 install_cli

@@ -110,7 +110,7 @@ class Bench:
                  "<= 1.3")
         lib = f"{REMOTE_DIR}/vaf/lib"
         start = median_time(lambda: self.env.tb.ssh(
-            f"cd {lib} && python3 -S -c 'import vaf.host.command, vaf.drivers.lvmsnap_host'",
+            f"cd {lib} && python3 -S -c 'import vaf.one.host_command, vaf.drivers.lvmsnap.host'",
             user="oneadmin"), self.repeat)
         self.row("  of which: ssh + host python start-up / the same baseline", start, baseline,
                  "(info)")

@@ -45,7 +45,7 @@ def cloud(tmp_path, monkeypatch):
         f'ONEVM="{python} {SUPPORT}/cpu_onevm.py {data}"\n'
         f'SSH="{python} {SUPPORT}/login_shell_ssh.py"\n'
         f'SUDO="env"\nPYTHON={python}\nHOST_REMOTES={REPO}/remotes\n'
-        f"STATE_DIR={hv.state_dir}\nPID_DIR={hv.pid_dir}\n")
+        f"PRIVILEGED={hv.privileged}\n")
     monkeypatch.setenv("FAKE_SSH_LOG", str(tmp_path / "ssh.log"))
     mount = CGROUP_V1_CPU if v1_cpu_available() else None
     vms = {7: hv.start(7, cgroup=mount), 8: hv.start(8), 9: hv.start(9), 12: hv.start(12)}

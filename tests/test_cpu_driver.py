@@ -75,8 +75,7 @@ def remotes(tmp_path, hypervisor) -> Path:
     conf = (REPO / "remotes" / "etc" / "vaf" / "cpu-priority.conf").read_text()
     (root / "etc" / "vaf").mkdir(parents=True)
     (root / "etc" / "vaf" / "cpu-priority.conf").write_text(
-        conf + f"STATE_DIR={hypervisor.state_dir}\nPID_DIR={hypervisor.pid_dir}\n"
-        f"PYTHON={DEBIAN_PYTHON}\n")
+        conf + f"PRIVILEGED={hypervisor.privileged}\n")
     return root
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 
 import pytest
@@ -25,7 +24,7 @@ from support.cpu import (
 )
 from vaf.errors import ConfigError
 from vaf.host import cpu, proc
-from vaf.host.runner import Runner
+from vaf.host.runner import Result, Runner
 
 needs_v1 = pytest.mark.skipif(not v1_cpu_available(), reason="needs root and cgroup v1 cpu")
 needs_v2 = pytest.mark.skipif(not v2_available(), reason="needs root and a cgroup2 mount")
@@ -33,7 +32,6 @@ needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="lowering nice needs r
 
 BATCH = cpu.Priority("batch", 19, "10%")
 INTERACTIVE = cpu.Priority("interactive", -5, "200%")
-CPUCTL = os.path.join(os.path.dirname(cpu.__file__), "cpuctl.py")
 
 
 @pytest.fixture
@@ -283,26 +281,59 @@ def test_v2_paths_are_resolved_against_the_mount_root(tmp_path):
     assert found.read() == 1024
 
 
-# --- cpuctl, the executable the drivers run -------------------------------------------------
+# --- vaf-privileged, the one program the drivers run as root ---------------------------------
+
+def privileged(hypervisor, verb: str, request) -> Result:
+    text = request if isinstance(request, str) else json.dumps(request)
+    return Runner().run([hypervisor.privileged, verb], input=text, check=False)
+
 
 @needs_v1
-def test_cpuctl_reports_json_and_skips_a_missing_vm(hypervisor):
+def test_privileged_reports_json_and_skips_a_missing_vm(hypervisor):
     vm = hypervisor.start(7, cgroup=CGROUP_V1_CPU)
-    runner = Runner()
-    base = [sys.executable, CPUCTL, "--state-dir", hypervisor.state_dir,
-            "--pid-dir", hypervisor.pid_dir]
-    out = runner.output(base + ["apply", "--layer", "squeeze", "--label", "batch",
-                                "--nice", "19", "--weight", "10%", "7", "404"])
+    squeeze = {"layer": "squeeze", "label": "batch", "nice": 19, "weight": "10%"}
+    out = privileged(hypervisor, "cpu-apply", {**squeeze, "vmids": [7, 404]}).stdout
     vms = {v["vmid"]: v for v in json.loads(out)["vms"]}
     assert vms[7]["status"] == "applied" and vms[404]["status"] == "gone"
-    status = json.loads(runner.output(base + ["status"]))["vms"]
+    status = json.loads(privileged(hypervisor, "cpu-status", {"vmids": []}).stdout)["vms"]
     assert [(v["vmid"], v["status"], v["thread_nice"]) for v in status] == [
         (7, "squeezed", {"19": 4})]
     assert shares(vm) == 102
-    bad = runner.run(base + ["apply", "--layer", "squeeze", "--label", "x", "--nice", "40",
-                             "7"], check=False)
+    bad = privileged(hypervisor, "cpu-apply", {**squeeze, "nice": 40, "vmids": [7]})
     assert bad.returncode == 2 and "nice must be between" in bad.stderr
     assert set(thread_nices(vm.pid).values()) == {19}  # nothing half-done
+
+
+@pytest.mark.parametrize("argv, sent, reason", [
+    (["cpu-apply", "--state-dir=/tmp"], {}, "usage: vaf-privileged"),
+    (["cpu-frob"], {}, "usage: vaf-privileged"),
+    (["cpu-release"], "{not json", "request is not valid JSON"),
+    (["cpu-release"], {"vmids": ["7"]}, "vmids must be a list of non-negative VM ids"),
+    (["cpu-release"], {"vmids": [-1]}, "vmids must be a list of non-negative VM ids"),
+    (["cpu-apply"], {"layer": "deploy", "label": "../x", "nice": 1, "vmids": [7]},
+     "label must be a class name"),
+    (["cpu-apply"], {"layer": "root", "label": "batch", "nice": 1, "vmids": [7]},
+     "layer must be one of deploy, squeeze"),
+])
+def test_privileged_refuses_bad_input_in_one_line(hypervisor, argv, sent, reason):
+    vm = hypervisor.start(7)
+    text = sent if isinstance(sent, str) else json.dumps(sent)
+    done = Runner().run([hypervisor.privileged, *argv], input=text, check=False)
+    assert done.returncode == 2
+    assert done.stderr.startswith(reason) and len(done.stderr.splitlines()) == 1
+    assert set(thread_nices(vm.pid).values()) == {0}
+    assert not os.path.exists(hypervisor.state_dir)
+
+
+def test_privileged_takes_its_paths_from_its_own_conf_not_the_environment(hypervisor,
+                                                                        monkeypatch):
+    hypervisor.start(7)
+    monkeypatch.setenv("STATE_DIR", "/tmp/elsewhere")
+    done = privileged(hypervisor, "cpu-apply", {"layer": "squeeze", "label": "batch",
+                                                "nice": 5, "vmids": [7]})
+    assert done.returncode == 0, done.stderr
+    assert "7.json" in os.listdir(hypervisor.state_dir)
+    assert not os.path.exists("/tmp/elsewhere")
 
 
 def test_a_corrupt_state_file_fails_that_vm_only(hypervisor):
@@ -311,9 +342,7 @@ def test_a_corrupt_state_file_fails_that_vm_only(hypervisor):
     os.makedirs(hypervisor.state_dir)
     with open(os.path.join(hypervisor.state_dir, "7.json"), "w") as handle:
         handle.write("{not json")
-    base = [sys.executable, CPUCTL, "--state-dir", hypervisor.state_dir,
-            "--pid-dir", hypervisor.pid_dir]
-    done = Runner().run(base + ["release", "7", "8"], check=False)
+    done = privileged(hypervisor, "cpu-release", {"vmids": [7, 8]})
     assert done.returncode == 1
     vms = {v["vmid"]: v for v in json.loads(done.stdout)["vms"]}
     assert vms[7]["status"] == "error" and "not a vaf CPU state file" in vms[7]["reason"]

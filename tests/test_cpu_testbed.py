@@ -78,6 +78,13 @@ def guest(testbed, tmp_path):
     stage = tmp_path / "stage"
     shutil.copytree(REPO / "vaf", stage / "vaf" / "lib" / "vaf",
                     ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(REPO / "remotes" / "vaf" / "host-command", stage / "vaf" / "host-command")
+    # the privileged entry point as installed on hosts (its conf names this test's dirs)
+    (stage / "privileged").mkdir()
+    shutil.copy(REPO / "share" / "privileged" / "vaf-privileged", stage / "privileged")
+    (stage / "privileged" / "lib").symlink_to("../vaf/lib")
+    (stage / "privileged" / "privileged.conf").write_text(
+        f"STATE_DIR=/run/vaf-cpu-test\nPID_DIR={DEST}/run/libvirt/qemu\n")
     (stage / "launcher.py").write_text(LAUNCHER)
     (stage / "probe.py").write_text(PROBE)
     testbed.sync_remotes(stage, DEST)
@@ -143,8 +150,7 @@ def test_squeeze_and_release_over_ssh_with_cgroup_v2_weight(guest, tmp_path):
     conf.write_text(
         f'ONEVM="{shlex.quote(sys.executable)} {SUPPORT}/cpu_onevm.py {data}"\n'
         f'SSH="ssh -F {testbed.ssh_config} -l oneadmin"\nSUDO="sudo -n"\nPYTHON=python3\n'
-        f"HOST_REMOTES={DEST}\nSTATE_DIR=/run/vaf-cpu-test\n"
-        f"PID_DIR={DEST}/run/libvirt/qemu\n")
+        f"HOST_REMOTES={DEST}\nPRIVILEGED={DEST}/privileged/vaf-privileged\n")
 
     def vaf(*args: str):
         done = CliRunner().invoke(main, ["cpu", args[0], "--conf", str(conf), *args[1:]])

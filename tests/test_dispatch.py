@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from vaf.drivers import registry
 from vaf.errors import ProtocolError
-from vaf.one import dispatch
 from vaf.one.dispatch import locate, resolve
 
 REPO = Path(__file__).resolve().parent.parent
@@ -40,9 +40,9 @@ def test_config_and_runner_come_from_the_conf_file(tmp_path):
 
 
 def test_resolve_registered_action(monkeypatch):
-    monkeypatch.setitem(dispatch.DRIVERS, ("tm", "lvmsnap"), "vaf.drivers.lvmsnap")
+    monkeypatch.setitem(registry.DRIVERS, ("tm", "lvmsnap"), "vaf.drivers.lvmsnap.actions")
     inv = locate("/r/tm/lvmsnap/monitor", [], environ={})
-    assert resolve(inv).__name__ == "monitor"
+    assert resolve(inv, registry).__name__ == "monitor"
 
 
 @pytest.mark.parametrize("path, message", [

@@ -13,15 +13,31 @@ def install(root: Path, *extra: str) -> subprocess.CompletedProcess:
                            *extra], capture_output=True, text=True, check=True)
 
 
+def installed_kinds() -> list[str]:
+    """The KINDS line of install.sh: the remotes/ directories it copies."""
+    line = next(line for line in (REPO / "install.sh").read_text().splitlines()
+                if line.startswith("KINDS="))
+    return line.partition("=")[2].strip('"').split()
+
+
 def repo_executables() -> list[str]:
     """Every file oned may run that the repo ships (symlinks to the launcher)."""
     found = []
-    for kind in ("tm", "vnm", "vmm", "hooks"):
+    for kind in installed_kinds():
         base = REPO / "remotes" / kind
-        if base.exists():
-            found += [str(p.relative_to(REPO / "remotes")) for p in base.rglob("*")
-                      if p.is_symlink() or p.is_file()]
+        found += [str(p.relative_to(REPO / "remotes")) for p in base.rglob("*")
+                  if p.is_symlink() or p.is_file()]
     return sorted(found)
+
+
+def test_install_copies_exactly_the_driver_directories_the_repo_has():
+    """Every kind install.sh copies exists, and every directory of files oned runs is copied
+    (vaf, etc are the package and the confs, installed separately)."""
+    shipped = sorted(p.name for p in (REPO / "remotes").iterdir()
+                     if p.is_dir() and p.name not in ("vaf", "etc"))
+    assert sorted(installed_kinds()) == shipped
+    assert "vmm" not in shipped  # the KVM driver stays stock: docs/cpu-priority.md
+    assert "no `remotes/vmm/`" in (REPO / "README.md").read_text()
 
 
 def test_every_executable_is_installed_and_resolves(tmp_path):

@@ -9,12 +9,17 @@ from pathlib import Path
 
 import pytest
 
-from vaf.drivers import lvmsnap, lvmsnap_cache, lvmsnap_host
-from vaf.drivers.lvmsnap_cache import ImageStat, NoRoom, choose_evictions, classic_cow_mb
-from vaf.errors import DriverError
-from vaf.host import fs, iso
+from vaf.drivers.lvmsnap import actions as lvmsnap
+from vaf.drivers.lvmsnap import cache as lvmsnap_cache
+from vaf.drivers.lvmsnap import monitor as lvmsnap_monitor
+from vaf.drivers.lvmsnap import requests as rq
+from vaf.drivers.lvmsnap.cache import ImageStat, NoRoom, choose_evictions, classic_cow_mb
+from vaf.drivers.lvmsnap.settings import SETTINGS, Settings
+from vaf.errors import DriverError, ProtocolError
+from vaf.host import dd, fs, iso
 from vaf.host import lvm as L
-from vaf.host.runner import CommandError, HostUnreachable
+from vaf.host.runner import CommandError, HostUnreachable, Runner
+from vaf.one import remote
 from vaf.one.dispatch import locate
 
 REPO = Path(__file__).resolve().parent.parent
@@ -61,14 +66,14 @@ REPO = Path(__file__).resolve().parent.parent
      "genisoimage -quiet -o /t/c.iso -V CONTEXT -J -R /t/d"),
     (iso.iso_argv("xorriso", "/t/c.iso", "/t/d"),
      "xorriso -as mkisofs -quiet -o /t/c.iso -V CONTEXT -J -R /t/d"),
-    (lvmsnap_host.dd_argv("/img", "/dev/vg/f", "4M"),
+    (dd.dd_argv("/img", "/dev/vg/f", "4M"),
      "dd if=/img of=/dev/vg/f bs=4M status=progress oflag=direct conv=fsync"),
-    (lvmsnap_host.dd_argv("/img", "/dev/vg/f", "4M", sparse=True),
+    (dd.dd_argv("/img", "/dev/vg/f", "4M", sparse=True),
      "dd if=/img of=/dev/vg/f bs=4M status=progress oflag=direct conv=fsync,sparse"),
-    (lvmsnap_host.dd_argv("/dev/vg/x", "/img.tmp", "4M", count_bytes=1000, direct=False),
+    (dd.dd_argv("/dev/vg/x", "/img.tmp", "4M", count_bytes=1000, direct=False),
      "dd if=/dev/vg/x of=/img.tmp bs=4M status=progress count=1000 "
      "iflag=count_bytes,fullblock conv=fsync,notrunc"),
-    (lvmsnap_host.dd_argv("/dev/zero", "/dev/vg/x", "1M", count_bytes=5, seek_bytes=7),
+    (dd.dd_argv("/dev/zero", "/dev/vg/x", "1M", count_bytes=5, seek_bytes=7),
      "dd if=/dev/zero of=/dev/vg/x bs=1M status=progress count=5 iflag=count_bytes,fullblock "
      "seek=7 oflag=direct,seek_bytes conv=fsync"),
 ])
@@ -165,21 +170,21 @@ def test_vm_disk_names():
 
 
 def test_monitor_lines_and_warnings():
-    lines = lvmsnap_host.monitor_lines(volumes())
+    lines = lvmsnap_monitor.monitor_lines(volumes())
     assert "LVMSNAP_CACHES=3" in lines
     assert 'LVMSNAP_THIN_POOL=[NAME="vaf-pool",SIZE_MB="1024",DATA_PERCENT="12.50",' \
            'METADATA_PERCENT="3.10"]' in lines
     assert 'LVMSNAP_SNAPSHOT=[NAME="lv-one-8-0",ORIGIN="vaf-cache-ccc",DATA_PERCENT="45.00"]' \
         in lines
-    assert lvmsnap_host.fullness_warnings(volumes(), 40) == [
+    assert lvmsnap_monitor.fullness_warnings(volumes(), 40) == [
         "snapshot lv-one-8-0 is 45.0% full", "snapshot lv-one-9-0 is overflowed (invalid)"]
 
 
 def test_dd_progress_parsing():
     err = "1+0 records in\r52428800 bytes (52 MB, 50 MiB) copied, 1 s, 52 MB/s\n" \
           "2+0 records out\n67108864 bytes (67 MB, 64 MiB) copied, 1.3 s, 51 MB/s\n"
-    assert lvmsnap_host.dd_copied_bytes(err) == 67108864
-    assert lvmsnap_host.dd_copied_bytes("dd: error\n") is None
+    assert dd.dd_copied_bytes(err) == 67108864
+    assert dd.dd_copied_bytes("dd: error\n") is None
 
 
 @pytest.mark.parametrize("fmt, disk_fs, default, expected", [
@@ -210,7 +215,7 @@ def test_settings_come_from_the_conf(tmp_path):
     got = lvmsnap.settings(inv, 100)
     assert (got.vg, got.mode, got.cow_percent, got.pool_size) == (
         "vg-one-100", "classic", 50, "1G")
-    assert lvmsnap_host.Settings.from_params({"settings": got.to_params()}) == got
+    assert Settings.from_json(got.to_json()) == got
 
 
 def test_bad_conf_value_is_one_clear_line(tmp_path):
@@ -224,7 +229,7 @@ def test_bad_conf_value_is_one_clear_line(tmp_path):
 
 def test_relay_passes_tagged_lines_and_keeps_the_reason():
     out = io.StringIO()
-    relay = lvmsnap.Relay(out)
+    relay = remote.Relay(out)
     for line in ["INFO: 7 lvmsnap/clone: filling", "ERROR: 7 lvmsnap/clone: stderr: x",
                  "volume group vg-one-100 has 3 MB free"]:
         relay.line(line)
@@ -235,12 +240,12 @@ def test_relay_passes_tagged_lines_and_keeps_the_reason():
 
 
 def test_a_host_command_killed_by_a_signal_is_not_reported_as_an_ssh_failure():
-    relay = lvmsnap.Relay(io.StringIO())
+    relay = remote.Relay(io.StringIO())
     relay.line("INFO: 7 lvmsnap/clone: filling cache from /x (8 MB)")
     failure = relay.failure(HostUnreachable(["python3"], "testhv", 255), "lvmsnap clone")
     assert failure.reason == ("lvmsnap clone on testhv ended abnormally (killed, or the "
                               "connection was lost)")
-    silent = lvmsnap.Relay(io.StringIO())
+    silent = remote.Relay(io.StringIO())
     err = HostUnreachable(["python3"], "testhv", 255, stderr="ssh: connect refused")
     assert silent.failure(err, "lvmsnap clone") is err
 
@@ -284,3 +289,109 @@ def test_host_command_reports_bad_input_in_oneds_format():
     proc = subprocess.run([sys.executable, str(script), "lvmsnap-frob", json.dumps({})],
                           capture_output=True, text=True, check=False)
     assert "unknown host command 'lvmsnap-frob'" in proc.stderr
+
+
+# --- the written contract between the two halves ----------------------------------------------
+
+def _settings():
+    return Settings(vg="vg-one-100")
+
+
+@pytest.mark.parametrize("request_type, fields", [
+    (rq.Clone, {"src": "/ds/1/img", "dst": "/ds/100/7/disk.0", "disk_id": 0, "size_mb": None}),
+    (rq.Mkimage, {"dst": "/ds/100/7/disk.1", "disk_id": 1, "size_mb": 64, "fs": "xfs"}),
+    (rq.Delete, {"path": "/ds/100/7", "is_disk": False}),
+    (rq.Premigrate, {"sysdir": "/ds/100/7", "disks": [[0, 0], [1, 64]]}),
+])
+def test_a_request_survives_its_trip_through_json(request_type, fields):
+    sent = request_type(_settings(), 7, **fields)
+    received = request_type.from_json(json.loads(json.dumps(sent.to_json())))
+    assert received == sent
+    assert received.settings.sudo == ("sudo", "-n")  # argv lists come back as tuples
+
+
+@pytest.mark.parametrize("params, message", [
+    ({"vmid": 7, "dst": "/d", "disk_id": 0, "size_mb": 1}, "lacks settings.vg"),
+    ({"settings": {"vg": "v"}, "vmid": "7", "dst": "/d", "disk_id": 0, "size_mb": 1},
+     "'vmid' missing or not int"),
+    ({"settings": {"vg": "v"}, "vmid": 7, "dst": "/d", "disk_id": True, "size_mb": 1},
+     "'disk_id' missing or not int"),
+    ({"settings": {"vg": "v"}, "vmid": 7, "disk_id": 0, "size_mb": 1},
+     "'dst' missing or not str"),
+    ({"settings": {"vg": "v", "sudo": "sudo -n"}, "vmid": 7, "dst": "/d", "disk_id": 0,
+      "size_mb": 1}, "settings.sudo must be a list of strings"),
+])
+def test_a_malformed_request_is_refused_in_one_line(params, message):
+    with pytest.raises(ProtocolError, match=message):
+        rq.Mkimage.from_json(params)
+
+
+def test_monitor_requests_carry_no_vm():
+    request = rq.Monitor(_settings(), None, warn_percent=80.0)
+    assert rq.Monitor.from_json(request.to_json()).vmid is None
+
+
+def test_premigrate_disks_must_be_id_size_pairs():
+    assert rq.disk_pairs([[0, 0], [2, 64]]) == [(0, 0), (2, 64)]
+    with pytest.raises(ProtocolError, match="must be"):
+        rq.disk_pairs([[0, "64"]])
+
+
+def test_every_host_command_has_a_request_and_a_host_function():
+    from vaf.drivers.lvmsnap import host
+
+    assert set(rq.REQUESTS) == set(host.COMMANDS)
+
+
+def test_every_conf_key_is_documented_with_its_default():
+    doc = (REPO / "docs" / "lvmsnap.md").read_text()
+    for setting in SETTINGS:
+        assert f"`{setting.key}`" in doc, setting.key
+
+
+def test_a_host_without_vafs_host_command_is_told_to_sync(tmp_path):
+    runner = Runner()  # "the host" is this machine, with an empty remotes tree
+    with pytest.raises(DriverError, match=r"lvmsnap clone: vaf's host-command is missing on "
+                                          r"localhost \(run onehost sync -f\)"):
+        remote.call(runner, "lvmsnap-clone", {}, remotes=str(tmp_path),
+                    python=("/usr/bin/python3", "-S"))
+
+
+def test_a_host_with_an_older_host_command_is_told_to_sync():
+    with pytest.raises(remote.HostFailure, match=r"unknown host command 'lvmsnap-frob' .* on "
+                                                 r"localhost \(its remotes tree is older"):
+        remote.call(Runner(), "lvmsnap-frob", {}, remotes=str(REPO / "remotes"),
+                    python=("/usr/bin/python3", "-S"), stream=io.StringIO())
+
+
+class _Recorder(Exception):
+    pass
+
+
+@pytest.mark.parametrize("call, expected", [
+    (lambda vg: vg.create_linear("lv-one-7-0", 64, ["vaf.lvmsnap"]),
+     L.lvcreate_linear_argv("vg-one-100", "lv-one-7-0", 64, ["vaf.lvmsnap"])),
+    (lambda vg: vg.create_pool("vaf-pool", "50%VG"),
+     L.lvcreate_pool_argv("vg-one-100", "vaf-pool", "50%VG")),
+    (lambda vg: vg.snapshot_thin("vaf-pool", "vaf-cache-a", "lv-one-7-0"),
+     L.lvcreate_thin_snapshot_argv("vg-one-100", "vaf-pool", "vaf-cache-a", "lv-one-7-0")),
+    (lambda vg: vg.snapshot_classic("vaf-cache-a", "lv-one-7-0", 80),
+     L.lvcreate_classic_snapshot_argv("vg-one-100", "vaf-cache-a", "lv-one-7-0", 80)),
+    (lambda vg: vg.remove("lv-one-7-0"), ["lvremove", "-f", "vg-one-100/lv-one-7-0"]),
+    (lambda vg: vg.rename("vaf-fill-a", "vaf-cache-a"),
+     ["lvrename", "vg-one-100", "vaf-fill-a", "vaf-cache-a"]),
+    (lambda vg: vg.retag("vaf-cache-a", ["vaf.used=1"], ["vaf.used=2"]),
+     ["lvchange", "--deltag", "vaf.used=1", "--addtag", "vaf.used=2", "vg-one-100/vaf-cache-a"]),
+    (lambda vg: vg.extend("lv-one-7-0", 128), ["lvextend", "-L", "128m", "vg-one-100/lv-one-7-0"]),
+])
+def test_the_volume_group_runs_each_operation_as_one_lvm_command_with_sudo(call, expected):
+    seen = []
+
+    def record(host, argv):
+        seen.append(argv)
+        raise _Recorder
+
+    vg = L.VolumeGroup("vg-one-100", Runner(sudo_prefix=("sudo", "-n")).observed_by(record))
+    with pytest.raises(_Recorder):
+        call(vg)
+    assert seen == [tuple(expected)]

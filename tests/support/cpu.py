@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 import uuid
 from dataclasses import dataclass, field
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 CGROUP_V1_CPU = "/sys/fs/cgroup/cpu"
 CGROUP_V2 = "/sys/fs/cgroup/unified"
@@ -79,6 +82,20 @@ class Hypervisor:
     @property
     def state_dir(self) -> str:
         return os.path.join(self.root, "state")
+
+    @property
+    def privileged(self) -> str:
+        """The privileged entry point installed as on a host (program, its conf naming this
+        hypervisor's directories, the package next to it); its path."""
+        home = os.path.join(self.root, "usr-lib-vaf")
+        program = os.path.join(home, "vaf-privileged")
+        if not os.path.exists(program):
+            os.makedirs(os.path.join(home, "lib"), exist_ok=True)
+            shutil.copy(os.path.join(REPO, "share", "privileged", "vaf-privileged"), program)
+            os.symlink(os.path.join(REPO, "vaf"), os.path.join(home, "lib", "vaf"))
+            with open(os.path.join(home, "privileged.conf"), "w") as handle:
+                handle.write(f"STATE_DIR={self.state_dir}\nPID_DIR={self.pid_dir}\n")
+        return program
 
     def start(self, vmid: int, threads: int = 3, busy: bool = False, cgroup: str | None = None,
               cpu: int | None = None, pid_file: bool = True) -> StandIn:

@@ -8,30 +8,31 @@ Two entry points run on the hypervisor after a VM starts, both idempotent (insta
 * ``remotes/hooks/cpu-priority/vaf-cpu-priority``: a RUNNING state hook (``REMOTE=YES``,
   ``ARGUMENTS=$TEMPLATE``, see ``share/hooks/cpu-priority.hook``): every VM, any network.
 
-Both read the class from the VM template attribute (``CPU_PRIORITY`` by default) and run
-``cpuctl.py apply --layer deploy`` as root through the runner. The classes and paths live in
+Both read the class from the VM template attribute (``CPU_PRIORITY`` by default) and have the
+one privileged entry point apply it (``sudo -n /usr/lib/vaf/vaf-privileged cpu-apply``, the
+request on stdin: :mod:`vaf.drivers.cpu_host`). The classes live in
 ``<remotes>/etc/vaf/cpu-priority.conf``; the admin command (:mod:`vaf.drivers.cpu_cli`) reads
 the same file on the front-end. Stdlib only at import time: this runs on hypervisors.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 
 from vaf.config import DriverConfig, load_config
+from vaf.drivers import cpu_host
+from vaf.drivers.cpu_host import DEFAULT_PRIVILEGED, run_privileged
 from vaf.errors import ConfigError, DriverError
-from vaf.host.cpu import Host, Priority
-from vaf.host.runner import DEFAULT_SSH, DEFAULT_SUDO, Result, Runner
+from vaf.host.cpu import Priority
+from vaf.host.runner import DEFAULT_SSH, DEFAULT_SUDO, Runner
 from vaf.one.dispatch import Invocation
 from vaf.one.log import DriverLog
 from vaf.one.xml import VM, decode_payload
 
 CONF = os.path.join("etc", "vaf", "cpu-priority.conf")
-CPUCTL = os.path.join("vaf", "lib", "vaf", "host", "cpuctl.py")  # relative to a remotes root
 
 #: classes when the conf file names none: nice of every thread, weight vs. the original
 DEFAULT_CLASSES = {
@@ -64,7 +65,7 @@ class Settings:
     attribute: str
     classes: Mapping[str, Priority]
     squeeze_class: str
-    host: Host  # state and pid directories on hypervisors
+    privileged: str  # the privileged entry point on hypervisors
     python: str
     sudo: tuple[str, ...]
     ssh: tuple[str, ...]
@@ -87,11 +88,9 @@ class Settings:
         if squeeze not in classes:
             raise ConfigError(f"SQUEEZE_CLASS in {config.source} must be one of "
                               f"{', '.join(classes)}, got {squeeze!r}")
-        defaults = Host()
         return cls(attribute=config.str("ATTRIBUTE", "CPU_PRIORITY"),
                    classes=MappingProxyType(classes), squeeze_class=squeeze,
-                   host=Host(state_dir=config.str("STATE_DIR", defaults.state_dir),
-                             pid_dir=config.str("PID_DIR", defaults.pid_dir)),
+                   privileged=config.str("PRIVILEGED", DEFAULT_PRIVILEGED),
                    python=config.str("PYTHON", "python3"),
                    sudo=config.argv("SUDO", DEFAULT_SUDO), ssh=config.argv("SSH", DEFAULT_SSH),
                    host_remotes=config.str("HOST_REMOTES", "/var/tmp/one"),
@@ -113,34 +112,15 @@ class Settings:
                               f"got {label!r}")
         return found
 
-    def cpuctl(self, remotes: str, *args: str) -> list[str]:
-        """The host-side command line: ``python3 <remotes>/vaf/lib/vaf/host/cpuctl.py ...``."""
-        return [self.python, os.path.join(remotes, CPUCTL),
-                "--state-dir", self.host.state_dir, "--pid-dir", self.host.pid_dir, *args]
+    def host_params(self, request: Mapping[str, object]) -> dict:
+        """Parameters of ``host-command cpu-<verb>`` for ``request``."""
+        return cpu_host.host_params(self.privileged, self.sudo, request)
 
 
-def apply_args(priority: Priority, layer: str, vmids: Sequence[int]) -> list[str]:
-    return ["apply", "--layer", layer, "--label", priority.label, "--nice",
-            str(priority.nice), "--weight", priority.weight, *map(str, vmids)]
-
-
-def report_of(stdout: str) -> list[dict] | None:
-    """The per-VM results in cpuctl's JSON output, or None if there is no such output."""
-    try:
-        return json.loads(stdout)["vms"]
-    except (ValueError, KeyError, TypeError):
-        return None
-
-
-def host_results(result: Result) -> list[dict]:
-    """The per-VM results cpuctl printed; a :class:`DriverError` if it printed none."""
-    report = report_of(result.stdout)
-    if report is None:
-        lines = [line for line in result.stderr.splitlines() if line.strip()]
-        where = f" on {result.host}" if result.host else ""
-        detail = lines[-1] if lines else f"exit code {result.returncode}"
-        raise DriverError(f"cpuctl{where} failed: {detail}")
-    return report
+def apply_request(priority: Priority, layer: str, vmids: Sequence[int]) -> dict:
+    """The privileged program's ``cpu-apply`` request."""
+    return {"layer": layer, "label": priority.label, "nice": priority.nice,
+            "weight": priority.weight, "vmids": list(vmids)}
 
 
 def describe(vm: dict) -> str:
@@ -181,12 +161,9 @@ def apply_template_class(vm: VM, inv: Invocation, log: DriverLog) -> int:
     if not label:
         return 0
     priority = settings.priority(label, f"{settings.attribute} of VM {vm.vm_id}")
-    argv = settings.cpuctl(inv.remotes, *apply_args(priority, "deploy", [vm.vm_id]))
-    result = settings.runner.run(argv, sudo=True, check=False)
-    for line in result.stderr.splitlines():
-        if line.strip():
-            log.debug(f"cpuctl: {line.strip()}")
-    for outcome in host_results(result):
+    results = run_privileged(settings.privileged, settings.sudo, "apply",
+                             apply_request(priority, "deploy", [vm.vm_id]))
+    for outcome in results:
         if outcome["status"] == "error":
             raise DriverError(f"CPU priority {priority.label} for VM {vm.vm_id}: "
                               f"{outcome['reason']}")

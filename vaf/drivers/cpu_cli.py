@@ -2,9 +2,9 @@
 
 The VMs come from OpenNebula's CLI (``onevm list -x``; ``onevm show -x`` for template
 attributes, which the pool listing does not carry in full), selected by user, group, template
-attribute and/or id. Then one ssh call per host, all hosts in parallel, runs ``cpuctl.py``
-from the hosts' remotes tree as root; it reports every VM, and a VM that has gone away is
-skipped, not an error.
+attribute and/or id. Then one ssh call per host, all hosts in parallel, runs
+``host-command cpu-<verb>`` (:mod:`vaf.one.remote`), which has the privileged entry point do
+the work as root; it reports every VM, and a VM that has gone away is skipped, not an error.
 """
 
 from __future__ import annotations
@@ -17,9 +17,11 @@ from dataclasses import dataclass
 
 import click
 
-from vaf.drivers.cpu import CONF, Settings, apply_args, describe, host_results, report_of
+from vaf.drivers.cpu import CONF, Settings, apply_request, describe
+from vaf.drivers.cpu_host import report_of
 from vaf.errors import VafError
-from vaf.host.runner import CommandError, Runner
+from vaf.host.runner import Runner
+from vaf.one import remote
 from vaf.one.xml import VM, parse_xml
 
 DEFAULT_CONF = f"/var/lib/one/remotes/{CONF}"
@@ -118,20 +120,20 @@ class Cluster:
                                          f"onevm show -x {vm.vm_id} output"))
         return all(full.attribute(key) == value for key, value in attrs)
 
-    def on_hosts(self, by_host: dict[str, list[int]], *args: str,
+    def on_hosts(self, by_host: dict[str, list[int]], verb: str, request: dict | None = None,
                  with_ids: bool = True) -> list[dict]:
-        """Run cpuctl on every host at once; print each VM's line; return all results."""
+        """Run ``verb`` on every host at once; print each VM's line; return all results."""
         def one(host: str) -> tuple[str, list[dict] | str]:
-            ids = [str(v) for v in by_host[host]] if with_ids else []
-            argv = self.settings.cpuctl(self.settings.host_remotes, *args, *ids)
+            wanted = {**(request or {}), "vmids": by_host[host] if with_ids else []}
             try:
-                return host, host_results(self.runner.on(host).run(argv, sudo=True))
-            except CommandError as err:
-                # exit 1 with a report: some VMs failed, every VM is in the report
-                report = report_of(err.stdout) if err.returncode == 1 else None
-                return host, report if report is not None else err.reason
+                result = remote.call(self.runner.on(host), f"cpu-{verb}",
+                                     self.settings.host_params(wanted),
+                                     remotes=self.settings.host_remotes,
+                                     python=(self.settings.python, "-S"), stream=_Quiet())
             except VafError as err:
                 return host, err.reason
+            report = report_of(result.stdout)
+            return host, report if report is not None else "no report from host-command"
 
         results: list[dict] = []
         with ThreadPoolExecutor(min(self.settings.parallel, max(1, len(by_host)))) as pool:
@@ -146,6 +148,16 @@ class Cluster:
                     self.echo(f"{vm['vmid']:>6}  {host:<12}  {describe(vm)}")
                     results.append({"host": host, **vm})
         return results
+
+
+class _Quiet:
+    """The admin command prints one line per VM: the host's tagged log lines are not shown."""
+
+    def write(self, text: str) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
 
 
 # --- click ----------------------------------------------------------------------------------
@@ -213,8 +225,8 @@ def squeeze(class_name, conf, users, groups, attrs, as_json, vmids) -> None:
     def body(cluster: Cluster) -> list[dict]:
         priority = cluster.settings.priority(class_name or cluster.settings.squeeze_class,
                                              "--class")
-        return cluster.on_hosts(cluster.select(selection),
-                                *apply_args(priority, "squeeze", []))
+        return cluster.on_hosts(cluster.select(selection), "apply",
+                                apply_request(priority, "squeeze", []))
     _run(conf, as_json, body)
 
 

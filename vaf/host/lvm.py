@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import re
 from collections import namedtuple
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from vaf.errors import DriverError
-from vaf.host.runner import CommandError, Runner
+from vaf.host.runner import CommandError, Result, Runner
 
 _VG_NAME_RE = re.compile(r"^[A-Za-z0-9+_.][A-Za-z0-9+_.-]{0,126}$")
 SEPARATOR = "|"
@@ -44,17 +44,67 @@ def parse_mb(text: str) -> int:
 
 
 class VolumeGroup:
-    """One volume group, reached through ``runner`` (local, or a hypervisor over ssh)."""
+    """One volume group, reached through ``runner`` (local, or a hypervisor over ssh).
 
-    def __init__(self, name: str, runner: Runner):
+    Every LVM command vaf runs is a method here (as os-brick's ``LVM`` class): callers name
+    the operation, never the argv, so the sudoers rules in ``share/sudoers/vaf`` can list
+    exactly what this class runs (``tests/test_privileged.py`` checks that they match).
+    """
+
+    def __init__(self, name: str, runner: Runner,
+                 on_done: Callable[[Result], None] | None = None):
         if not _VG_NAME_RE.match(name):
             raise DriverError(f"invalid volume group name {name!r}")
         self.name = name
         self.runner = runner
+        self.on_done = on_done  # sees every finished LVM command (timings for the log)
 
-    def lvm(self, *args: str, **kwargs):
+    def lvm(self, *args: str, **kwargs) -> Result:
         """Run one LVM command with sudo; lvm's failures become CommandErrors."""
-        return self.runner.run(list(args), sudo=True, **kwargs)
+        result = self.runner.run(list(args), sudo=True, **kwargs)
+        if self.on_done is not None:
+            self.on_done(result)
+        return result
+
+    # --- changes (callers serialise them with a host-local lock) ---------------------------
+
+    def create_linear(self, name: str, size_mb: int, tags: Sequence[str] = (),
+                      wipe: bool = True) -> Result:
+        return self.lvm(*lvcreate_linear_argv(self.name, name, size_mb, tags, wipe))
+
+    def create_pool(self, pool: str, size: str | int) -> Result:
+        return self.lvm(*lvcreate_pool_argv(self.name, pool, size))
+
+    def create_thin(self, pool: str, name: str, size_mb: int,
+                    tags: Sequence[str] = ()) -> Result:
+        return self.lvm(*lvcreate_thin_argv(self.name, pool, name, size_mb, tags))
+
+    def snapshot_thin(self, pool: str, origin: str, name: str,
+                      tags: Sequence[str] = ()) -> Result:
+        return self.lvm(*lvcreate_thin_snapshot_argv(self.name, pool, origin, name, tags))
+
+    def snapshot_classic(self, origin: str, name: str, cow_mb: int,
+                         tags: Sequence[str] = ()) -> Result:
+        return self.lvm(*lvcreate_classic_snapshot_argv(self.name, origin, name, cow_mb, tags))
+
+    def remove(self, name: str) -> Result:
+        return self.lvm(*lvremove_argv(self.name, name))
+
+    def rename(self, old: str, new: str) -> Result:
+        return self.lvm(*lvrename_argv(self.name, old, new))
+
+    def change(self, name: str, **changes) -> Result:
+        """``lvchange``: see :func:`lvchange_argv` for ``readonly``, ``activate``, ``skip``,
+        ``add_tags``, ``del_tags``."""
+        return self.lvm(*lvchange_argv(self.name, name, **changes))
+
+    def retag(self, name: str, old: Sequence[str], new: Sequence[str]) -> Result:
+        return self.change(name, del_tags=old, add_tags=new)
+
+    def extend(self, name: str, size_mb: int) -> Result:
+        return self.lvm(*lvextend_argv(self.name, name, size_mb))
+
+    # --- reads -----------------------------------------------------------------------------
 
     def usage(self) -> VgUsage:
         try:

@@ -21,6 +21,7 @@ import threading
 import time
 from collections import namedtuple
 from collections.abc import Callable, Sequence
+from typing import Optional
 
 from vaf.errors import VafError, one_line
 
@@ -139,7 +140,9 @@ def remote_command_line(argv: Sequence[str]) -> str:
     return f"{assignments} {shlex.join(argv)}"
 
 
-Observer = Callable[[str | None, tuple[str, ...]], None]
+# Optional, not ``str | None``: a module-level alias is evaluated at import, and the host side
+# must import on Python 3.9
+Observer = Callable[[Optional[str], tuple[str, ...]], None]  # noqa: UP007, UP045
 LineSink = Callable[[str], None]
 
 

@@ -4,9 +4,9 @@ Every executable under ``remotes/`` is the same tiny launcher (``remotes/vaf/dis
 installed under the name oned calls: ``remotes/tm/lvmsnap/clone``,
 ``remotes/hooks/ebtables/vaf-isolation``, ``remotes/vnm/<drv>/post.d/vaf-cpu-priority``...
 The launcher hands its own path and argv to :func:`main`, which finds the driver module in
-:data:`DRIVERS` (or :data:`EXTENSIONS` for ``<action>.d/`` programs) and runs the action
-named by the file name. So this table is the one place that says which code serves which
-file oned runs.
+the registry's ``DRIVERS`` (or ``EXTENSIONS`` for ``<action>.d/`` programs) and runs the
+action named by the file name. ``vaf/drivers/registry.py`` is the one place that says which
+code serves which file oned runs.
 """
 
 from __future__ import annotations
@@ -23,19 +23,9 @@ from vaf.errors import ProtocolError
 from vaf.host.runner import DEFAULT_SSH, DEFAULT_SUDO, Runner
 from vaf.one.log import DriverLog, run_main
 
-#: (kind, directory under remotes/<kind>/) -> module whose ACTIONS serve that directory
-DRIVERS: dict[tuple[str, str], str] = {
-    ("tm", "lvmsnap"): "vaf.drivers.lvmsnap",
-    ("hooks", "ebtables"): "vaf.drivers.isolation",  # the vaf-isolation state hook
-    ("vnm", "vaf_isolation"): "vaf.drivers.isolation",
-    ("vnm", "ebtables"): "vaf.drivers.isolation",  # installed under the old VN_MAD name
-    ("hooks", "cpu-priority"): "vaf.drivers.cpu",  # the vaf-cpu-priority RUNNING hook
-}
-
-#: program name of an extension (remotes/<kind>/<any>/<action>.d/<name>) -> module
-EXTENSIONS: dict[str, str] = {
-    "vaf-cpu-priority": "vaf.drivers.cpu",  # vnm/<VN_MAD>/post.d/: CPU priority after deploy
-}
+#: the registry the launchers pass (module names, see vaf/drivers/registry.py); named here,
+#: never imported at module level, so this layer stays below the drivers
+REGISTRY = "vaf.drivers.registry"
 
 STDIN_LIMIT = 16 * 1024 * 1024
 
@@ -98,10 +88,11 @@ def locate(script: str, argv: Sequence[str],
                       environ=dict(os.environ if environ is None else environ))
 
 
-def resolve(inv: Invocation) -> Action:
+def resolve(inv: Invocation, registry=None) -> Action:
     """The function serving ``inv``; a :class:`ProtocolError` if nothing does."""
-    module_name = EXTENSIONS.get(inv.program) if inv.program else DRIVERS.get(
-        (inv.kind, inv.driver))
+    registry = registry or importlib.import_module(REGISTRY)
+    module_name = (registry.EXTENSIONS.get(inv.program) if inv.program
+                   else registry.DRIVERS.get((inv.kind, inv.driver)))
     if module_name is None:
         where = f"{inv.kind}/{inv.driver}" + (f"/{inv.action}.d/{inv.program}"
                                               if inv.program else "")
@@ -114,8 +105,8 @@ def resolve(inv: Invocation) -> Action:
                             f"(known: {', '.join(sorted(actions))})") from None
 
 
-def main(script: str, argv: Sequence[str]) -> int:
+def main(script: str, argv: Sequence[str], registry=None) -> int:
     """Entry point of the launcher: run the action and return the exit code for oned."""
     inv = locate(script, argv)
     log = DriverLog(inv.origin)
-    return run_main(lambda lg: resolve(inv)(inv, lg), log)
+    return run_main(lambda lg: resolve(inv, registry)(inv, lg), log)

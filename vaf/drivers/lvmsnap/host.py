@@ -1,9 +1,10 @@
 """lvmsnap on the hypervisor: the commands ``host-command lvmsnap-<action>`` runs there.
 
-The front-end action (``vaf/drivers/lvmsnap.py``) validates oned's argv, reads the conf and
-the VM XML, and calls one of :data:`COMMANDS` through a single ssh round trip with a JSON
-object of parameters. Everything that touches LVM, the shared image mount or the VM directory
-happens here, as ``oneadmin`` with ``sudo -n`` for privileged commands.
+The front-end action (:mod:`vaf.drivers.lvmsnap.actions`) validates oned's argv, reads the
+conf and the VM XML, and sends one typed request (:mod:`vaf.drivers.lvmsnap.requests`) through
+a single ssh round trip. Everything that touches LVM, the shared image mount or the VM
+directory happens here, as ``oneadmin``; LVM, dd and mkfs run with ``sudo -n`` (the rules are
+in ``share/sudoers/vaf``). LVM commands are methods of :class:`vaf.host.lvm.VolumeGroup`.
 
 Concurrency: every LVM metadata change runs under the host-local lock ``lvm-<vg>``; a cache fill
 runs under ``fill-<vg>-<key>`` (held across the copy, so eight clones of one uncached image do
@@ -16,82 +17,39 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import sys
 import time
-from collections import namedtuple
 from collections.abc import Callable, Iterator, Mapping
 
-from vaf.drivers import lvmsnap_cache as cache
-from vaf.drivers.lvmsnap_cache import ImageStat
+from vaf.drivers.lvmsnap import cache, monitor
+from vaf.drivers.lvmsnap import requests as rq
+from vaf.drivers.lvmsnap.cache import ImageStat
 from vaf.errors import DriverError, ProtocolError
-from vaf.host import fs, locks
-from vaf.host import lvm as lvmargv
+from vaf.host import dd, fs, locks
+from vaf.host.files import remove_path, replace_symlink, write_atomically
 from vaf.host.lvm import LogicalVolume, VolumeGroup
-from vaf.host.runner import CommandError, Runner
+from vaf.host.runner import CommandError, Result, Runner
 from vaf.one.log import DriverLog
 
 MB = 1024 * 1024
-_DD_BYTES_RE = re.compile(r"^(\d+) bytes")
 STALE_FILL_WAIT_SECONDS = 600
 EXTENT_MB = 4  # lvm's default extent size: sizes round up to it
 
 
-_SETTINGS_DEFAULTS = {
-    "vg": "",
-    "mode": "thin",  # thin | classic: how VM disks snapshot a cache
-    "volatile": "thin",  # thin | thick: where mkimage/mkswap/ln volumes go
-    "pool": "vaf-pool",
-    "pool_size": "50%VG",
-    "cow_percent": 100,
-    "lock_dir": "/var/lock/vaf-lvmsnap",
-    "dd_bs": "4M",
-    "progress_seconds": 10.0,
-    "sudo": ("sudo", "-n"),
-    "test_kill_at": "",
-}
-
-
-class Settings(namedtuple("Settings", list(_SETTINGS_DEFAULTS),
-                          defaults=list(_SETTINGS_DEFAULTS.values()))):
-    """The conf values the front-end hands over (its conf file is the one source).
-
-    A namedtuple rather than a dataclass: this module is imported on every clone.
-    """
-
-    __slots__ = ()
-
-    @classmethod
-    def from_params(cls, params: Mapping[str, object]) -> Settings:
-        raw = params.get("settings")
-        if not isinstance(raw, dict) or not isinstance(raw.get("vg"), str):
-            raise ProtocolError("host command parameters lack settings.vg")
-        known = {k: v for k, v in raw.items() if k in cls._fields}
-        if "sudo" in known:
-            known["sudo"] = tuple(known["sudo"])
-        return cls(**known)
-
-    def to_params(self) -> dict[str, object]:
-        return {name: (list(value) if isinstance(value, tuple) else value)
-                for name, value in self._asdict().items()}
-
-
 class Host:
-    """One host-side action: settings, log, the local runner and the volume group."""
+    """One host-side action: its request, log, the local runner and the volume group."""
 
-    def __init__(self, params: Mapping[str, object], log: DriverLog):
-        self.params = params
+    def __init__(self, request, log: DriverLog):
+        self.request = request
         self.log = log
-        self.settings = Settings.from_params(params)
+        self.settings = request.settings
         self.runner = Runner(sudo_prefix=self.settings.sudo)
-        self.vg = VolumeGroup(self.settings.vg, self.runner)
+        self.vg = VolumeGroup(self.settings.vg, self.runner, on_done=self._timed)
 
-    def lvm(self, argv: list[str], **kwargs):
-        result = self.runner.run(argv, sudo=True, **kwargs)
+    def _timed(self, result: Result) -> None:
         # for the admin (oned.log) and the benchmark: where a slow action spends its time
-        self.log.debug(f"{argv[0]} {argv[-1]}: {result.seconds:.2f} s")
-        return result
+        self.log.debug(f"{result.argv[0]} {result.argv[-1]}: {result.seconds:.2f} s")
 
     def metadata_lock(self):
         return locks.exclusive(self.settings.lock_dir, f"lvm-{self.vg.name}")
@@ -102,14 +60,10 @@ class Host:
             self.log.debug(f"test hook: killing myself at {name}")
             os.kill(os.getpid(), signal.SIGKILL)
 
-    def param(self, name: str, kind: type = str):
-        value = self.params.get(name)
-        if not isinstance(value, kind) or isinstance(value, bool) != (kind is bool):
-            raise ProtocolError(f"host command parameter {name!r} missing or not {kind.__name__}")
-        return value
-
-    def optional(self, name: str, kind: type = str):
-        return self.params.get(name) if isinstance(self.params.get(name), kind) else None
+    def copy(self, source: str, target: str, total: int, what: str, **dd_options) -> int:
+        return dd.copy(self.runner, source, target, total=total, what=what,
+                       bs=self.settings.dd_bs, report=self.log.info,
+                       every=self.settings.progress_seconds, **dd_options)
 
     @property
     def thin_volatile(self) -> bool:
@@ -131,24 +85,6 @@ def prepare_vm_dir(path: str) -> None:
         handle.write(hostname() + "\n")
 
 
-def replace_symlink(target: str, link: str) -> None:
-    """Point ``link`` at ``target`` atomically (a retried prolog finds the old link)."""
-    temporary = f"{link}.vaf-{os.getpid()}"
-    os.symlink(target, temporary)
-    os.replace(temporary, link)
-
-
-def remove_path(path: str) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
-    except IsADirectoryError:
-        import shutil  # only the VM-dir delete needs it: keep it off the clone's imports
-
-        shutil.rmtree(path, ignore_errors=True)
-
-
 def linked_lv(host: Host, link: str) -> str | None:
     """The LV name ``link`` points at inside our VG, or None (not a link, elsewhere)."""
     try:
@@ -163,87 +99,6 @@ def now() -> int:
     return int(time.time())
 
 
-# --- copying with progress ----------------------------------------------------------------
-
-class Progress:
-    """Turns dd's ``status=progress`` lines into INFO lines at most every few seconds."""
-
-    def __init__(self, log: DriverLog, what: str, total: int, every: float):
-        self.log = log
-        self.what = what
-        self.total = max(total, 1)
-        self.every = every
-        self.started = time.monotonic()
-        self.last = self.started
-
-    def line(self, text: str) -> None:
-        match = _DD_BYTES_RE.match(text)
-        if not match or "copied" not in text:
-            return
-        moment = time.monotonic()
-        if moment - self.last < self.every:
-            return
-        self.last = moment
-        done = int(match.group(1))
-        self.log.info(f"{self.what}: {done // MB} of {self.total // MB} MB "
-                      f"({100 * done // self.total}%) after {moment - self.started:.0f} s")
-
-
-def dd_copied_bytes(stderr: str) -> int | None:
-    """The byte count of dd's final summary (``N bytes (...) copied``)."""
-    for line in reversed(stderr.replace("\r", "\n").splitlines()):
-        match = _DD_BYTES_RE.match(line.strip())
-        if match:
-            return int(match.group(1))
-    return None
-
-
-def dd_argv(source: str, target: str, bs: str, *, count_bytes: int | None = None,
-            sparse: bool = False, seek_bytes: int | None = None,
-            direct: bool = True) -> list[str]:
-    """One ``dd`` for every copy: big blocks, direct writes, fsync before success."""
-    argv = ["dd", f"if={source}", f"of={target}", f"bs={bs}", "status=progress"]
-    oflags = ["direct"] if direct else []
-    conv = ["fsync"] + (["sparse"] if sparse else []) + (["notrunc"] if not direct else [])
-    if count_bytes is not None:
-        argv += [f"count={count_bytes}", "iflag=count_bytes,fullblock"]
-    if seek_bytes is not None:
-        argv.append(f"seek={seek_bytes}")
-        oflags.append("seek_bytes")
-    if oflags:
-        argv.append("oflag=" + ",".join(oflags))
-    return argv + ["conv=" + ",".join(conv)]
-
-
-def copy(host: Host, source: str, target: str, total: int, what: str, **dd_options) -> int:
-    """Copy with dd as root, reporting progress; return the bytes dd says it copied."""
-    progress = Progress(host.log, what, total, host.settings.progress_seconds)
-    try:
-        result = host.runner.run(dd_argv(source, target, host.settings.dd_bs, **dd_options),
-                                 sudo=True, on_stderr_line=progress.line)
-    except CommandError as err:
-        raise DriverError(f"{what} failed: {dd_failure(err)}") from None
-    copied = dd_copied_bytes(result.stderr)
-    return -1 if copied is None else copied
-
-
-def dd_failure(err: CommandError) -> str:
-    """dd's own error line (not a progress line), or how it ended."""
-    for line in reversed(err.stderr.replace("\r", "\n").splitlines()):
-        line = line.strip()
-        if line and not _DD_BYTES_RE.match(line) and "records" not in line:
-            return line
-    return "dd was killed" if err.returncode == 255 else f"dd exit code {err.returncode}"
-
-
-def zero_tail(host: Host, device: str, start: int) -> None:
-    """Zero a volume from ``start`` to its end: reused extents may hold another VM's data."""
-    size = int(host.runner.output(["blockdev", "--getsize64", device], sudo=True))
-    if size > start:
-        host.runner.run(dd_argv("/dev/zero", device, "1M", count_bytes=size - start,
-                                seek_bytes=start), sudo=True)
-
-
 # --- volume group housekeeping (callers hold the metadata lock) ----------------------------
 
 def ensure_pool(host: Host, volumes: Mapping[str, LogicalVolume]) -> None:
@@ -253,7 +108,7 @@ def ensure_pool(host: Host, volumes: Mapping[str, LogicalVolume]) -> None:
             raise DriverError(f"{host.vg.name}/{pool} exists but is not a thin pool")
         return
     host.log.info(f"creating thin pool {host.vg.name}/{pool} ({host.settings.pool_size})")
-    host.lvm(lvmargv.lvcreate_pool_argv(host.vg.name, pool, host.settings.pool_size))
+    host.vg.create_pool(pool, host.settings.pool_size)
 
 
 def make_room(host: Host, volumes: Mapping[str, LogicalVolume], need_mb: int,
@@ -269,23 +124,24 @@ def make_room(host: Host, volumes: Mapping[str, LogicalVolume], need_mb: int,
     for name in victims:
         host.log.info(f"evicting unused cache {name} ({volumes[name].tag(cache.SRC_TAG)}) "
                       "to make room")
-        host.lvm(lvmargv.lvremove_argv(host.vg.name, name))
+        host.vg.remove(name)
 
 
-def create_with_room(host: Host, volumes: Mapping[str, LogicalVolume], argv: list[str],
-                     need_mb: int, keep: tuple[str, ...] = ()) -> None:
+def create_with_room(host: Host, volumes: Mapping[str, LogicalVolume],
+                     create: Callable[[], object], need_mb: int,
+                     keep: tuple[str, ...] = ()) -> None:
     """Run an lvcreate that takes VG space; only if lvm finds too little, evict and retry.
 
     Asking lvm first spares a ``vgs`` on every fill; eviction needs the listing anyway.
     """
     try:
-        host.lvm(argv)
+        create()
         return
     except CommandError as err:
         if "insufficient free space" not in err.stderr.lower():
             raise
     make_room(host, volumes, -(-need_mb // EXTENT_MB) * EXTENT_MB, keep)
-    host.lvm(argv)
+    create()
 
 
 def wait_until_closed(host: Host, name: str, limit: float = STALE_FILL_WAIT_SECONDS) -> None:
@@ -308,7 +164,7 @@ def remove_stale_fills(host: Host, volumes: Mapping[str, LogicalVolume]) -> None
         with locks.if_free(host.settings.lock_dir, fill_lock(host, key)) as free:
             if free and not volumes[name].open:
                 host.log.info(f"removing {name}, left over by an interrupted fill")
-                host.lvm(lvmargv.lvremove_argv(host.vg.name, name))
+                host.vg.remove(name)
 
 
 def fill_lock(host: Host, key: str) -> str:
@@ -320,11 +176,10 @@ def create_volume(host: Host, volumes: Mapping[str, LogicalVolume], name: str, s
     """A new empty VM volume: thin in the pool, or thick (making room for it)."""
     if thin:
         ensure_pool(host, volumes)
-        host.lvm(lvmargv.lvcreate_thin_argv(host.vg.name, host.settings.pool, name, size_mb,
-                                            tags))
+        host.vg.create_thin(host.settings.pool, name, size_mb, tags)
     else:
-        create_with_room(host, volumes,
-                         lvmargv.lvcreate_linear_argv(host.vg.name, name, size_mb, tags), size_mb)
+        create_with_room(host, volumes, lambda: host.vg.create_linear(name, size_mb, tags),
+                         size_mb)
 
 
 def remove_if_idle(host: Host, volumes: Mapping[str, LogicalVolume], name: str) -> None:
@@ -335,7 +190,7 @@ def remove_if_idle(host: Host, volumes: Mapping[str, LogicalVolume], name: str) 
     if lv.open:
         raise DriverError(f"{host.vg.name}/{name} already exists and is in use")
     host.log.warn(f"removing {name}, left over by an earlier attempt")
-    host.lvm(lvmargv.lvremove_argv(host.vg.name, name))
+    host.vg.remove(name)
 
 
 # --- the cache ------------------------------------------------------------------------------
@@ -363,13 +218,14 @@ def start_fill(host: Host, image: ImageStat, volumes: Mapping[str, LogicalVolume
         if volumes[fill].open:
             return False
         host.log.info(f"removing {fill}, left over by an interrupted fill")
-        host.lvm(lvmargv.lvremove_argv(host.vg.name, fill))
+        host.vg.remove(fill)
     remove_stale_fills(host, volumes)
     if host.settings.mode == "thin":
         ensure_pool(host, volumes)  # before the fill takes the room the pool needs
-    create_with_room(host, volumes, lvmargv.lvcreate_linear_argv(
-        host.vg.name, fill, image.size_mb, cache.cache_tags(image, now()), wipe=False),
-        image.size_mb)
+    tags = cache.cache_tags(image, now())
+    create_with_room(host, volumes,
+                     lambda: host.vg.create_linear(fill, image.size_mb, tags, wipe=False),
+                     image.size_mb)
     return True
 
 
@@ -384,33 +240,33 @@ def finish_fill(host: Host, image: ImageStat, snapshot: tuple) -> None:
         discard(host, fill)
         raise
     with host.metadata_lock():
-        host.lvm(seal_argv(host, fill))
+        seal(host, fill)
         host.checkpoint("before-rename")
-        host.lvm(lvmargv.lvrename_argv(host.vg.name, fill, cache.cache_name(image.key)))
+        host.vg.rename(fill, cache.cache_name(image.key))
         if try_snapshot(host, *snapshot) is not None:
             raise DriverError(f"cache {snapshot[0]} vanished while cloning {image.path}")
 
 
-def seal_argv(host: Host, fill: str) -> list[str]:
+def seal(host: Host, fill: str) -> None:
     """Make a filled volume a cache: read-only; for thin mode also inactive and skipped by
     autoactivation, because lvm takes only an inactive LV as a new external origin."""
     if host.settings.mode == "thin":
-        return lvmargv.lvchange_argv(host.vg.name, fill, readonly=True, activate=False,
-                                     skip=True)
-    return lvmargv.lvchange_argv(host.vg.name, fill, readonly=True)
+        host.vg.change(fill, readonly=True, activate=False, skip=True)
+    else:
+        host.vg.change(fill, readonly=True)
 
 
 def copy_and_verify(host: Host, image: ImageStat, device: str) -> None:
     started = time.monotonic()
     host.log.info(f"filling cache from {image.path} ({image.size // MB} MB)")
-    copied = copy(host, image.path, device, image.size, f"filling cache from {image.path}")
+    copied = host.copy(image.path, device, image.size, f"filling cache from {image.path}")
     host.checkpoint("after-dd")
     if copied != image.size:
         raise DriverError(f"copy of {image.path} incomplete: {copied} of {image.size} bytes")
     if stat_image(image.path) != image:
         raise DriverError(f"image {image.path} changed while it was being copied; retry")
     if image.size % (4 * MB):
-        zero_tail(host, device, image.size)
+        dd.zero_tail(host.runner, device, image.size)
     seconds = time.monotonic() - started
     host.log.info(f"filled cache from {image.path} in {seconds:.1f} s "
                   f"({image.size / MB / max(seconds, 0.001):.0f} MB/s)")
@@ -421,19 +277,22 @@ def discard(host: Host, name: str) -> None:
     try:
         wait_until_closed(host, name, limit=60)  # a dd whose sudo was killed may linger
         with host.metadata_lock():
-            host.lvm(lvmargv.lvremove_argv(host.vg.name, name))
+            host.vg.remove(name)
     except (CommandError, DriverError) as err:
         host.log.error(f"could not remove {name}: {err.reason}")
 
 
 # --- VM disks made from a cache ------------------------------------------------------------
 
-def snapshot_argv(host: Host, origin: str, origin_mb: int, disk: str, tags: list[str]):
-    vg = host.vg.name
+def snapshot(host: Host, origin: str, origin_mb: int, disk: str, tags: list[str]) -> None:
     if host.settings.mode == "thin":
-        return lvmargv.lvcreate_thin_snapshot_argv(vg, host.settings.pool, origin, disk, tags)
-    cow = cache.classic_cow_mb(origin_mb, host.settings.cow_percent)
-    return lvmargv.lvcreate_classic_snapshot_argv(vg, origin, disk, cow, tags)
+        host.vg.snapshot_thin(host.settings.pool, origin, disk, tags)
+    else:
+        host.vg.snapshot_classic(origin, disk, cow_mb(host, origin_mb), tags)
+
+
+def cow_mb(host: Host, origin_mb: int) -> int:
+    return cache.classic_cow_mb(origin_mb, host.settings.cow_percent)
 
 
 def try_snapshot(host: Host, origin: str, origin_mb: int, disk: str,
@@ -445,35 +304,30 @@ def try_snapshot(host: Host, origin: str, origin_mb: int, disk: str,
     a volume left by a failed earlier attempt, an origin lvm wants inactive or active, a COW
     needing room) are diagnosed with ``lvs`` only after it fails.
     """
-    argv = snapshot_argv(host, origin, origin_mb, disk, tags)
     try:
-        host.lvm(argv)
+        snapshot(host, origin, origin_mb, disk, tags)
         return None
     except CommandError:
         volumes = host.vg.lvs()
         if origin not in volumes:
             return volumes
-        prepare_snapshot(host, volumes, origin, disk, argv)
-    host.lvm(argv)
+        prepare_snapshot(host, volumes, origin, origin_mb, disk)
+    snapshot(host, origin, origin_mb, disk, tags)
     return None
 
 
-def prepare_snapshot(host: Host, volumes: Mapping[str, LogicalVolume], origin: str, disk: str,
-                     argv: list[str]) -> None:
+def prepare_snapshot(host: Host, volumes: Mapping[str, LogicalVolume], origin: str,
+                     origin_mb: int, disk: str) -> None:
     remove_if_idle(host, volumes, disk)
     cache_lv = volumes[origin]
     if host.settings.mode == "thin":
         ensure_pool(host, volumes)
         if cache_lv.active and origin not in cache.caches_in_use(volumes):
-            host.lvm(lvmargv.lvchange_argv(host.vg.name, origin, activate=False))
+            host.vg.change(origin, activate=False)
     else:
         if not cache_lv.active:
-            host.lvm(lvmargv.lvchange_argv(host.vg.name, origin, activate=True))
-        make_room(host, volumes, argv_size_mb(argv), keep=(origin,))
-
-
-def argv_size_mb(argv: list[str]) -> int:
-    return int(argv[argv.index("-L") + 1].rstrip("m"))
+            host.vg.change(origin, activate=True)
+        make_room(host, volumes, cow_mb(host, origin_mb), keep=(origin,))
 
 
 def grow(host: Host, disk: str, size_mb: int, current_mb: int) -> None:
@@ -484,7 +338,7 @@ def grow(host: Host, disk: str, size_mb: int, current_mb: int) -> None:
         raise DriverError(f"cannot make {disk} {size_mb} MB: a classic snapshot cannot be "
                           f"larger than its {current_mb} MB image (use SNAPSHOT_MODE=thin)")
     with host.metadata_lock():
-        host.lvm(lvmargv.lvextend_argv(host.vg.name, disk, size_mb))
+        host.vg.extend(disk, size_mb)
 
 
 def vm_disk_tags(host: Host, image: ImageStat | None = None) -> list[str]:
@@ -494,19 +348,19 @@ def vm_disk_tags(host: Host, image: ImageStat | None = None) -> list[str]:
     return tags
 
 
-def image_disk_request(params: Mapping[str, object], log: DriverLog):
+def image_disk_request(request, log: DriverLog):
     """What clone and ln both start from: the host, the image, ``disk.<i>``, the volume name
     and its size (DISK/SIZE, never less than the image)."""
-    host = Host(params, log)
-    image = stat_image(host.param("src"))
-    disk = cache.vm_disk_name(host.param("vmid", int), host.param("disk_id", int))
-    size_mb = max(host.optional("size_mb", int) or 0, image.size_mb)
-    return host, image, host.param("dst"), disk, size_mb
+    host = Host(request, log)
+    image = stat_image(request.src)
+    disk = cache.vm_disk_name(request.vmid, request.disk_id)
+    size_mb = max(request.size_mb or 0, image.size_mb)
+    return host, image, request.dst, disk, size_mb
 
 
 def clone(params: Mapping[str, object], log: DriverLog) -> int:
     """``clone``: a snapshot of the image's cache LV (filled on first use) as ``disk.<i>``."""
-    host, image, dst, disk, size_mb = image_disk_request(params, log)
+    host, image, dst, disk, size_mb = image_disk_request(rq.Clone.from_json(params), log)
     origin = cache.cache_name(image.key)
     tags = vm_disk_tags(host)
 
@@ -536,7 +390,7 @@ def clone(params: Mapping[str, object], log: DriverLog) -> int:
 
 def ln(params: Mapping[str, object], log: DriverLog) -> int:
     """``ln`` (persistent image): a volume of its own, never shared, written back by mvds."""
-    host, image, dst, disk, size_mb = image_disk_request(params, log)
+    host, image, dst, disk, size_mb = image_disk_request(rq.Ln.from_json(params), log)
     thin = host.thin_volatile
     tags = vm_disk_tags(host, image) + [cache.PERSISTENT_TAG, f"{cache.BYTES_TAG}={image.size}"]
     with host.metadata_lock():
@@ -545,12 +399,12 @@ def ln(params: Mapping[str, object], log: DriverLog) -> int:
         create_volume(host, volumes, disk, size_mb, tags, thin)
     device = host.vg.path(disk)
     try:
-        copied = copy(host, image.path, device, image.size,
-                      f"copying persistent image {image.path}", sparse=thin)
+        copied = host.copy(image.path, device, image.size,
+                           f"copying persistent image {image.path}", sparse=thin)
         if copied != image.size:
             raise DriverError(f"copy of {image.path} incomplete: {copied} of {image.size} bytes")
         if not thin:
-            zero_tail(host, device, image.size)
+            dd.zero_tail(host.runner, device, image.size)
     except BaseException:
         discard(host, disk)
         raise
@@ -561,11 +415,10 @@ def ln(params: Mapping[str, object], log: DriverLog) -> int:
 
 def mkimage(params: Mapping[str, object], log: DriverLog) -> int:
     """``mkimage``/``mkswap``: a new volume, formatted as swap, a filesystem, or left raw."""
-    host = Host(params, log)
-    dst = host.param("dst")
-    disk = cache.vm_disk_name(host.param("vmid", int), host.param("disk_id", int))
-    size_mb = host.param("size_mb", int)
-    fs_type = host.optional("fs") or "raw"
+    request = rq.Mkimage.from_json(params)
+    host = Host(request, log)
+    dst, size_mb, fs_type = request.dst, request.size_mb, request.fs or "raw"
+    disk = cache.vm_disk_name(request.vmid, request.disk_id)
     thin = host.thin_volatile
     with host.metadata_lock():
         volumes = host.vg.lvs()
@@ -587,24 +440,10 @@ def mkimage(params: Mapping[str, object], log: DriverLog) -> int:
 
 # --- writing volumes back to the image datastore -------------------------------------------
 
-def write_back(host: Host, device: str, destination: str, count: int, what: str) -> None:
-    """Copy ``count`` bytes of ``device`` to ``destination`` atomically, owned by us.
-
-    dd runs as root but writes into a file we create first, so the image stays oneadmin's;
-    it appears under its name only once complete.
-    """
-    temporary = f"{destination}.vaf-tmp-{os.getpid()}"
-    try:
-        with open(temporary, "wb"):
-            pass
-        copied = copy(host, device, temporary, count, what, count_bytes=count, direct=False)
-        if copied != count:
-            raise DriverError(f"copy to {destination} incomplete: {copied} of {count} bytes")
-        os.truncate(temporary, count)
-        os.replace(temporary, destination)
-    except BaseException:
-        remove_path(temporary)
-        raise
+def write_back(host: Host, name: str, destination: str, count: int) -> None:
+    dd.write_back(host.runner, host.vg.path(name), destination, count=count,
+                  what=f"saving {name} to {destination}", bs=host.settings.dd_bs,
+                  report=host.log.info, every=host.settings.progress_seconds)
 
 
 def disk_lv(host: Host, link: str) -> tuple[str, LogicalVolume, Mapping[str, LogicalVolume]]:
@@ -617,23 +456,23 @@ def disk_lv(host: Host, link: str) -> tuple[str, LogicalVolume, Mapping[str, Log
 
 def mvds(params: Mapping[str, object], log: DriverLog) -> int:
     """``mvds``: write a persistent disk back over its image, then drop the volume."""
-    host = Host(params, log)
-    src, dst = host.param("src"), host.param("dst")
+    request = rq.Mvds.from_json(params)
+    host = Host(request, log)
+    src, dst = request.src, request.dst
     name, lv, _ = disk_lv(host, src)
-    count = int(lv.tag(cache.BYTES_TAG) or lv.size_bytes)
-    write_back(host, host.vg.path(name), dst, count, f"saving {name} to {dst}")
+    write_back(host, name, dst, int(lv.tag(cache.BYTES_TAG) or lv.size_bytes))
     with host.metadata_lock():
-        host.lvm(lvmargv.lvremove_argv(host.vg.name, name))
+        host.vg.remove(name)
     remove_path(src)
     return 0
 
 
 def cpds(params: Mapping[str, object], log: DriverLog) -> int:
     """``cpds`` (disk-saveas): copy a disk's current content to a new image file."""
-    host = Host(params, log)
-    src, dst = host.param("src"), host.param("dst")
-    name, lv, _ = disk_lv(host, src)
-    write_back(host, host.vg.path(name), dst, lv.size_bytes, f"saving {name} to {dst}")
+    request = rq.Cpds.from_json(params)
+    host = Host(request, log)
+    name, lv, _ = disk_lv(host, request.src)
+    write_back(host, name, request.dst, lv.size_bytes)
     return 0
 
 
@@ -646,12 +485,11 @@ def remove_vm_volume(host: Host, volumes: Mapping[str, LogicalVolume], name: str
     lv = volumes.get(name)
     if lv is None:
         return
-    host.lvm(lvmargv.lvremove_argv(host.vg.name, name))
+    host.vg.remove(name)
     origin = volumes.get(lv.origin)
     if origin is not None and cache.is_cache(origin):
         old = [t for t in origin.tags if t.startswith(cache.USED_TAG + "=")]
-        host.lvm(lvmargv.lvchange_argv(host.vg.name, origin.name, del_tags=old,
-                                       add_tags=[f"{cache.USED_TAG}={now()}"]))
+        host.vg.retag(origin.name, old, [f"{cache.USED_TAG}={now()}"])
 
 
 def vm_links(directory: str) -> Iterator[str]:
@@ -666,9 +504,10 @@ def vm_links(directory: str) -> Iterator[str]:
 
 def delete(params: Mapping[str, object], log: DriverLog) -> int:
     """``delete``: a disk (its LV, then the link) or the VM dir (its LVs, then the dir)."""
-    host = Host(params, log)
-    path = host.param("path")
-    links = [path] if host.param("is_disk", bool) else list(vm_links(path))
+    request = rq.Delete.from_json(params)
+    host = Host(request, log)
+    path = request.path
+    links = [path] if request.is_disk else list(vm_links(path))
     names = [n for n in (linked_lv(host, link) for link in links) if n]
     if names:
         with host.metadata_lock():
@@ -681,12 +520,13 @@ def delete(params: Mapping[str, object], log: DriverLog) -> int:
 
 def mv(params: Mapping[str, object], log: DriverLog) -> int:
     """``mv`` on one host: reactivate a disk in place, or move it / the VM dir to a new path."""
-    host = Host(params, log)
-    src, dst = host.param("src"), host.param("dst")
-    name = linked_lv(host, src) if host.param("is_disk", bool) else None
+    request = rq.Mv.from_json(params)
+    host = Host(request, log)
+    src, dst = request.src, request.dst
+    name = linked_lv(host, src) if request.is_disk else None
     if name is not None:
         with host.metadata_lock():
-            host.lvm(lvmargv.lvchange_argv(host.vg.name, name, activate=True))
+            host.vg.change(name, activate=True)
     if src != dst and os.path.lexists(src):
         os.makedirs(os.path.dirname(dst), exist_ok=True)
         os.replace(src, dst)
@@ -694,34 +534,30 @@ def mv(params: Mapping[str, object], log: DriverLog) -> int:
 
 
 def resize(params: Mapping[str, object], log: DriverLog) -> int:
-    host = Host(params, log)
-    name, lv, _ = disk_lv(host, host.param("path"))
-    size_mb = host.param("size_mb", int)
+    request = rq.Resize.from_json(params)
+    host = Host(request, log)
+    name, lv, _ = disk_lv(host, request.path)
+    size_mb = request.size_mb
     if size_mb < lv.size_mb:
         raise DriverError(f"cannot shrink {name} from {lv.size_mb} MB to {size_mb} MB")
     if lv.is_classic_snapshot:
         raise DriverError(f"{name} is a classic snapshot: it cannot grow past its image")
     with host.metadata_lock():
-        host.lvm(lvmargv.lvextend_argv(host.vg.name, name, size_mb))
+        host.vg.extend(name, size_mb)
         if cache.PERSISTENT_TAG in lv.tags:
             old = [t for t in lv.tags if t.startswith(cache.BYTES_TAG + "=")]
-            host.lvm(lvmargv.lvchange_argv(host.vg.name, name, del_tags=old,
-                                           add_tags=[f"{cache.BYTES_TAG}={size_mb * MB}"]))
+            host.vg.retag(name, old, [f"{cache.BYTES_TAG}={size_mb * MB}"])
     return 0
 
 
 def context(params: Mapping[str, object], log: DriverLog) -> int:
     """``context``: store the ISO the front-end built (our stdin) as ``disk.<N>``."""
-    host = Host(params, log)
-    dst = host.param("dst")
+    dst = rq.Context.from_json(params).dst
     data = sys.stdin.buffer.read()
     if not data:
         raise ProtocolError("context: no ISO data on stdin")
     prepare_vm_dir(dst)
-    temporary = f"{dst}.vaf-tmp-{os.getpid()}"
-    with open(temporary, "wb") as handle:
-        handle.write(data)
-    os.replace(temporary, dst)
+    write_atomically(dst, data)
     return 0
 
 
@@ -737,10 +573,10 @@ def premigrate(params: Mapping[str, object], log: DriverLog) -> int:
     the hypervisor's storage copy to fill; the names created are recorded so failmigrate
     removes exactly those.
     """
-    host = Host(params, log)
-    sysdir = host.param("sysdir")
-    vmid = host.param("vmid", int)
-    disks = host.param("disks", list)
+    request = rq.Premigrate.from_json(params)
+    host = Host(request, log)
+    sysdir, vmid = request.sysdir, request.vmid
+    disks = rq.disk_pairs(request.disks)
     os.makedirs(sysdir, exist_ok=True)
     created: list[str] = []
     with host.metadata_lock():
@@ -748,7 +584,7 @@ def premigrate(params: Mapping[str, object], log: DriverLog) -> int:
         for disk_id, size_mb in disks:
             name = cache.vm_disk_name(vmid, disk_id)
             if name in volumes:
-                host.lvm(lvmargv.lvchange_argv(host.vg.name, name, activate=True))
+                host.vg.change(name, activate=True)
             elif size_mb:
                 create_volume(host, volumes, name, size_mb, vm_disk_tags(host),
                               host.thin_volatile)
@@ -768,12 +604,13 @@ def postmigrate(params: Mapping[str, object], log: DriverLog) -> int:
     ``.host`` names the host the VM runs on (premigrate rewrote it): when that is this very
     machine (two names for one host), there is nothing to drop.
     """
-    host = Host(params, log)
-    sysdir = host.param("sysdir")
+    request = rq.Postmigrate.from_json(params)
+    host = Host(request, log)
+    sysdir = request.sysdir
     if read_host_file(sysdir) == hostname():
         log.info("the VM still runs on this host: nothing to clean")
         return 0
-    vmid = host.param("vmid", int)
+    vmid = request.vmid
     with host.metadata_lock():
         volumes = host.vg.lvs()
         for name in sorted(volumes):
@@ -786,8 +623,9 @@ def postmigrate(params: Mapping[str, object], log: DriverLog) -> int:
 
 def failmigrate(params: Mapping[str, object], log: DriverLog) -> int:
     """On the destination: undo premigrate (only the volumes it created)."""
-    host = Host(params, log)
-    sysdir = host.param("sysdir")
+    request = rq.Failmigrate.from_json(params)
+    host = Host(request, log)
+    sysdir = request.sysdir
     record = os.path.join(sysdir, PREMIGRATE_RECORD)
     try:
         with open(record, encoding="utf-8") as handle:
@@ -812,54 +650,6 @@ def read_host_file(sysdir: str) -> str | None:
         return None
 
 
-# --- monitoring --------------------------------------------------------------------------------
-
-def monitor_lines(volumes: Mapping[str, LogicalVolume]) -> list[str]:
-    """Template lines for the fullness of thin pools and classic snapshots, and the cache."""
-    lines: list[str] = []
-    caches = [lv for lv in volumes.values() if cache.is_cache(lv)]
-    lines.append(f"LVMSNAP_CACHES={len(caches)}")
-    lines.append(f"LVMSNAP_CACHE_MB={sum(lv.size_mb for lv in caches)}")
-    for lv in sorted(volumes.values(), key=lambda v: v.name):
-        if lv.is_thin_pool:
-            lines.append(f'LVMSNAP_THIN_POOL=[NAME="{lv.name}",SIZE_MB="{lv.size_mb}",'
-                         f'DATA_PERCENT="{lv.data_percent or 0:.2f}",'
-                         f'METADATA_PERCENT="{lv.metadata_percent or 0:.2f}"]')
-        elif lv.is_classic_snapshot:
-            percent = 100.0 if lv.invalid else (lv.data_percent or 0.0)
-            lines.append(f'LVMSNAP_SNAPSHOT=[NAME="{lv.name}",ORIGIN="{lv.origin}",'
-                         f'DATA_PERCENT="{percent:.2f}"]')
-    return lines
-
-
-def fullness_warnings(volumes: Mapping[str, LogicalVolume], threshold: float) -> list[str]:
-    warnings = []
-    for lv in sorted(volumes.values(), key=lambda v: v.name):
-        if lv.is_thin_pool:
-            for what, value in (("data", lv.data_percent), ("metadata", lv.metadata_percent)):
-                if (value or 0) >= threshold:
-                    warnings.append(f"thin pool {lv.name} {what} is {value:.1f}% full")
-        elif lv.is_classic_snapshot and (lv.invalid or (lv.data_percent or 0) >= threshold):
-            state = "overflowed (invalid)" if lv.invalid else f"{lv.data_percent:.1f}% full"
-            warnings.append(f"snapshot {lv.name} is {state}")
-    return warnings
-
-
-def monitor(params: Mapping[str, object], log: DriverLog) -> int:
-    host = Host(params, log)
-    usage = host.vg.usage()
-    volumes = host.vg.lvs()
-    threshold = float(params.get("warn_percent", 80))
-    for warning in fullness_warnings(volumes, threshold):
-        log.warn(warning)
-    print(f"USED_MB={usage.used_mb}")
-    print(f"FREE_MB={usage.free_mb}")
-    print(f"TOTAL_MB={usage.total_mb}")
-    for line in monitor_lines(volumes):
-        print(line)
-    return 0
-
-
 COMMANDS: dict[str, Callable[[Mapping[str, object], DriverLog], int]] = {
     "clone": clone,
     "ln": ln,
@@ -873,5 +663,5 @@ COMMANDS: dict[str, Callable[[Mapping[str, object], DriverLog], int]] = {
     "premigrate": premigrate,
     "postmigrate": postmigrate,
     "failmigrate": failmigrate,
-    "monitor": monitor,
+    "monitor": monitor.monitor,
 }

@@ -2,31 +2,32 @@
 
 Every TM action oned may call is listed in :data:`ACTIONS`; the executables under
 ``remotes/tm/lvmsnap/`` are the launcher installed under those names. Each action checks oned's
-argv, reads what it needs from the conf and (at most once) from ``onevm show -x``, then makes
-**one** ssh call running ``host-command lvmsnap-<action>`` on the hypervisor
-(``vaf/drivers/lvmsnap_host.py`` does the work there) and relays that command's tagged log
-lines and its reason line to oned unchanged.
+argv, reads what it needs from the conf and (at most once) from ``onevm show -x``, then sends
+**one** typed request (:mod:`vaf.drivers.lvmsnap.requests`) through :mod:`vaf.one.remote`:
+one ssh call running ``host-command lvmsnap-<command>`` on the hypervisor
+(:mod:`vaf.drivers.lvmsnap.host` does the work there), whose tagged log lines and reason line
+reach oned unchanged.
 
-The cache layout and key are described in ``vaf/drivers/lvmsnap_cache.py`` and
+The cache layout and key are described in :mod:`vaf.drivers.lvmsnap.cache` and
 ``docs/lvmsnap.md``.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import re
 import shutil
 import sys
 import tempfile
 from collections.abc import Callable
 
-from vaf.drivers.lvmsnap_host import Settings
-from vaf.errors import DriverError, ProtocolError, VafError, one_line
+from vaf.drivers.lvmsnap import requests as rq
+from vaf.drivers.lvmsnap.settings import Settings, front_end
+from vaf.errors import DriverError, ProtocolError
 from vaf.host.fs import SUPPORTED_FS
 from vaf.host.iso import find_iso_tool, iso_argv
 from vaf.host.lvm import system_vg_name
-from vaf.host.runner import DEFAULT_SUDO, CommandError, HostUnreachable, Result
+from vaf.host.runner import CommandError, Result
+from vaf.one import remote
 from vaf.one.args import (
     HostPath,
     disk_id_from_path,
@@ -42,98 +43,31 @@ from vaf.one.dispatch import Invocation
 from vaf.one.log import DriverLog
 from vaf.one.xml import VM, DsDriverAction, decode_payload, parse_xml
 
-DEFAULT_REMOTE_DIR = "/var/tmp/one"
-_TAGGED_RE = re.compile(r"^(ERROR|INFO|WARN|DEBUG):\s+")
 MKIMAGE_FS = ("xfs", "ext2", "ext3", "ext4", "raw", "swap")
 
 
 # --- configuration -------------------------------------------------------------------------
 
 def settings(inv: Invocation, sys_ds: int) -> Settings:
-    """The host-side settings from ``lvmsnap.conf`` (defaults in :class:`Settings`)."""
-    conf, base = inv.config, Settings()
-    return Settings(
-        vg=system_vg_name(sys_ds),
-        mode=conf.choice("SNAPSHOT_MODE", base.mode, ("thin", "classic")),
-        volatile=conf.choice("VOLATILE_VOLUMES", base.volatile, ("thin", "thick")),
-        pool=conf.str("THIN_POOL", base.pool),
-        pool_size=conf.str("THIN_POOL_SIZE", base.pool_size),
-        cow_percent=conf.int("CLASSIC_COW_PERCENT", base.cow_percent, 1, 1000),
-        lock_dir=conf.str("LOCK_DIR", base.lock_dir),
-        dd_bs=conf.str("DD_BLOCK_SIZE", base.dd_bs),
-        progress_seconds=conf.float("PROGRESS_SECONDS", base.progress_seconds, 0),
-        sudo=conf.argv("SUDO", DEFAULT_SUDO),
-        test_kill_at=conf.str("TEST_KILL_AT", ""),
-    )
+    """The host-side settings from ``lvmsnap.conf`` (keys and defaults: :mod:`.settings`)."""
+    return Settings.from_config(inv.config, system_vg_name(sys_ds))
 
 
 # --- calling the host side -------------------------------------------------------------------
 
-class HostFailure(VafError):
-    """The host-side command failed: its reason line, relayed as is."""
-
-    def __init__(self, reason: str, extra: list[str], returncode: int | None):
-        super().__init__(reason)
-        self._extra = extra
-        self.exit_code = returncode if returncode in (1, 2) else 1
-
-    def details(self) -> list[str]:
-        return self._extra
-
-
-class Relay:
-    """Pass the host's tagged lines through to oned at once; keep the untagged ones."""
-
-    def __init__(self, stream=None):
-        self.stream = stream
-        self.untagged: list[str] = []
-        self.tagged = 0
-
-    def line(self, text: str) -> None:
-        if _TAGGED_RE.match(text):
-            self.tagged += 1
-            out = self.stream or sys.stderr
-            out.write(text + "\n")
-            out.flush()
-        else:
-            self.untagged.append(text)
-
-    def failure(self, err: CommandError, what: str) -> VafError:
-        if isinstance(err, HostUnreachable) and self.tagged and not self.untagged:
-            # ssh also exits 255 when the remote command dies by a signal
-            return DriverError(f"{what} on {err.host} ended abnormally (killed, or the "
-                               "connection was lost)")
-        if isinstance(err, HostUnreachable) or not self.untagged:
-            return err
-        # The host wrote one reason line; anything before it (an ssh warning) is context.
-        return HostFailure(one_line(self.untagged[-1]),
-                           [f"from {err.host or 'localhost'}: {line}"
-                            for line in self.untagged[:-1]], err.returncode)
-
-
-def host_call(inv: Invocation, host: str | None, command: str, params: dict[str, object],
-              input: bytes | None = None) -> Result:
-    """Run ``host-command lvmsnap-<command>`` on ``host`` (None: here) in one ssh call."""
-    if host is None:
-        script = os.path.join(inv.remotes, "vaf", "host-command")
-    else:
-        remote_dir = inv.config.str("REMOTE_DIR", DEFAULT_REMOTE_DIR)
-        script = f"{remote_dir.rstrip('/')}/vaf/host-command"
-    # -S: no site packages (stdlib only), which saves startup time on every call
-    python = inv.config.argv("HOST_PYTHON", ("python3", "-S"))
-    argv = [*python, script, f"lvmsnap-{command}", json.dumps(params, separators=(",", ":"))]
-    relay = Relay()
-    try:
-        return inv.runner.on(host).run(argv, input=input, on_stderr_line=relay.line)
-    except CommandError as err:
-        raise relay.failure(err, f"lvmsnap {command}") from None
+def host_call(inv: Invocation, host: str | None, request, input: bytes | None = None) -> Result:
+    """Send ``request`` to ``host-command lvmsnap-<command>`` on ``host`` (None: here)."""
+    remotes = inv.remotes if host is None else front_end(inv.config, "REMOTE_DIR")
+    return remote.call(inv.runner.on(host), f"lvmsnap-{request.COMMAND}", request.to_json(),
+                       remotes=remotes, python=front_end(inv.config, "HOST_PYTHON"),
+                       input=input)
 
 
 # --- reading oned's arguments and the VM -------------------------------------------------------
 
 def read_vm(inv: Invocation, vmid: int) -> VM:
     """``onevm show -x VMID`` on the front-end, the way stock drivers read VM data."""
-    argv = [*inv.config.argv("ONEVM", ("onevm",)), "show", "-x", str(vmid)]
+    argv = [*front_end(inv.config, "ONEVM"), "show", "-x", str(vmid)]
     try:
         out = inv.runner.on(None).output(argv)
     except CommandError as err:
@@ -161,8 +95,6 @@ def disk_target(text: str) -> tuple[HostPath, int, int]:
     return dst, disk_id_from_path(dst.path), system_ds_from_path(dst.path)
 
 
-def base_params(inv: Invocation, sys_ds: int, vmid: int | None) -> dict[str, object]:
-    return {"settings": settings(inv, sys_ds).to_params(), "vmid": vmid}
 
 
 # --- actions ---------------------------------------------------------------------------------
@@ -173,9 +105,9 @@ def _clone_or_ln(inv: Invocation, log: DriverLog, command: str) -> int:
     src = parse_host_path(args["SRC"], "image source")
     dst, disk_id, sys_ds = disk_target(args["DST"])
     size_mb = read_vm(inv, vmid).disk(disk_id).size_mb
-    params = base_params(inv, sys_ds, vmid) | {"src": src.path, "dst": dst.path,
-                                               "disk_id": disk_id, "size_mb": size_mb}
-    host_call(inv, dst.host, command, params)
+    kind = rq.Clone if command == "clone" else rq.Ln
+    host_call(inv, dst.host, kind(settings(inv, sys_ds), vmid, src=src.path, dst=dst.path,
+                                  disk_id=disk_id, size_mb=size_mb))
     return 0
 
 
@@ -207,9 +139,8 @@ def _make_volume(inv: Invocation, log: DriverLog, size_text: str, dst_text: str,
                  fs_type: str) -> int:
     size_mb = parse_size_mb(size_text, "disk size")
     dst, disk_id, sys_ds = disk_target(dst_text)
-    params = base_params(inv, sys_ds, vmid) | {"dst": dst.path, "disk_id": disk_id,
-                                               "size_mb": size_mb, "fs": fs_type}
-    host_call(inv, dst.host, "mkimage", params)
+    host_call(inv, dst.host, rq.Mkimage(settings(inv, sys_ds), vmid, dst=dst.path,
+                                        disk_id=disk_id, size_mb=size_mb, fs=fs_type))
     return 0
 
 
@@ -220,7 +151,7 @@ def mkimage(inv: Invocation, log: DriverLog) -> int:
     fmt = args["FORMAT"].lower()
     disk_fs = None if fmt == "swap" else read_vm(inv, vmid).disk(disk_id).fs
     fs_type = "swap" if fmt == "swap" else mkimage_fs(
-        fmt, disk_fs, inv.config.str("MKIMAGE_DEFAULT_FS", "xfs"))
+        fmt, disk_fs, front_end(inv.config, "MKIMAGE_DEFAULT_FS"))
     return _make_volume(inv, log, args["SIZE"], args["DST"], vmid, fs_type)
 
 
@@ -235,9 +166,9 @@ def delete(inv: Invocation, log: DriverLog) -> int:
     args, vmid = start(inv, log, ["PATH", "VMID", "DSID"])
     path = parse_host_path(args["PATH"], "path")
     sys_ds = system_ds_from_path(path.path)
-    params = base_params(inv, sys_ds, vmid) | {"path": path.path,
-                                               "is_disk": is_disk_path(path.path)}
-    host_call(inv, host_of(path, "path"), "delete", params)
+    host_call(inv, host_of(path, "path"), rq.Delete(settings(inv, sys_ds), vmid,
+                                                    path=path.path,
+                                                    is_disk=is_disk_path(path.path)))
     return 0
 
 
@@ -251,16 +182,16 @@ def mv(inv: Invocation, log: DriverLog) -> int:
                           f"{src} to another host (use live migration)")
     if system_ds_from_path(src.path) != system_ds_from_path(dst.path):
         raise DriverError("lvmsnap cannot move a VM between system datastores")
-    params = base_params(inv, system_ds_from_path(dst.path), vmid) | {
-        "src": src.path, "dst": dst.path, "is_disk": is_disk_path(src.path)}
-    host_call(inv, host_of(dst, "destination"), "mv", params)
+    request = rq.Mv(settings(inv, system_ds_from_path(dst.path)), vmid, src=src.path,
+                    dst=dst.path, is_disk=is_disk_path(src.path))
+    host_call(inv, host_of(dst, "destination"), request)
     return 0
 
 
 def mvds(inv: Invocation, log: DriverLog) -> int:
     """``mvds host:SRC DST VMID DSID``: write a persistent disk back to its image."""
     args, vmid = start(inv, log, ["SRC", "DST", "VMID", "DSID"])
-    return _save(inv, args["SRC"], args["DST"], vmid, "mvds")
+    return _save(inv, args["SRC"], args["DST"], vmid, rq.Mvds)
 
 
 def cpds(inv: Invocation, log: DriverLog) -> int:
@@ -269,15 +200,14 @@ def cpds(inv: Invocation, log: DriverLog) -> int:
     if args["SNAPID"] not in ("-1", "-"):
         parse_id(args["SNAPID"], "snapshot id")
         raise DriverError("lvmsnap has no disk snapshots: cannot save a snapshot")
-    return _save(inv, args["SRC"], args["DST"], vmid, "cpds")
+    return _save(inv, args["SRC"], args["DST"], vmid, rq.Cpds)
 
 
-def _save(inv: Invocation, src_text: str, dst_text: str, vmid: int, command: str) -> int:
+def _save(inv: Invocation, src_text: str, dst_text: str, vmid: int, kind) -> int:
     src, disk_id, sys_ds = disk_target(src_text)
     dst = parse_host_path(dst_text, "image path")
-    params = base_params(inv, sys_ds, vmid) | {"src": src.path, "dst": dst.path,
-                                               "disk_id": disk_id}
-    host_call(inv, src.host, command, params)
+    host_call(inv, src.host, kind(settings(inv, sys_ds), vmid, src=src.path, dst=dst.path,
+                                  disk_id=disk_id))
     return 0
 
 
@@ -285,9 +215,8 @@ def resize(inv: Invocation, log: DriverLog) -> int:
     """``resize host:DISK SIZE VMID DSID``: grow a thin or persistent disk."""
     args, vmid = start(inv, log, ["DISK", "SIZE", "VMID", "DSID"])
     disk, _, sys_ds = disk_target(args["DISK"])
-    params = base_params(inv, sys_ds, vmid) | {
-        "path": disk.path, "size_mb": parse_size_mb(args["SIZE"], "disk size")}
-    host_call(inv, disk.host, "resize", params)
+    host_call(inv, disk.host, rq.Resize(settings(inv, sys_ds), vmid, path=disk.path,
+                                        size_mb=parse_size_mb(args["SIZE"], "disk size")))
     return 0
 
 
@@ -300,8 +229,7 @@ def context(inv: Invocation, log: DriverLog) -> int:
         raise ProtocolError("context expects the context.sh path before the destination")
     dst, _, sys_ds = disk_target(args["DST"])
     iso = build_context_iso(inv, sources)
-    params = base_params(inv, sys_ds, vmid) | {"dst": dst.path}
-    host_call(inv, dst.host, "context", params, input=iso)
+    host_call(inv, dst.host, rq.Context(settings(inv, sys_ds), vmid, dst=dst.path), input=iso)
     return 0
 
 
@@ -315,7 +243,7 @@ def context_file(source: str) -> tuple[str, str]:
 
 
 def build_context_iso(inv: Invocation, sources: list[str]) -> bytes:
-    tool = find_iso_tool(inv.config.str("MKISOFS", ""))
+    tool = find_iso_tool(front_end(inv.config, "MKISOFS"))
     if tool is None:
         raise DriverError("neither genisoimage nor xorriso is installed on the front-end")
     with tempfile.TemporaryDirectory(prefix="vaf-context-") as work:
@@ -355,27 +283,27 @@ def premigrate(inv: Invocation, log: DriverLog) -> int:
     """Make the VM's disks exist on the destination host before the hypervisor copies them."""
     _, dst_host, sysdir, vmid, sys_ds = _migrate_args(inv, log)
     disks = migrate_disks(inv.read_stdin("VM payload"))
-    params = base_params(inv, sys_ds, vmid) | {"sysdir": sysdir, "disks": disks}
-    host_call(inv, dst_host, "premigrate", params)
+    host_call(inv, dst_host, rq.Premigrate(settings(inv, sys_ds), vmid, sysdir=sysdir,
+                                           disks=disks))
     return 0
 
 
-def _after_migration(inv: Invocation, log: DriverLog, command: str, on_source: bool) -> int:
+def _after_migration(inv: Invocation, log: DriverLog, kind, on_source: bool) -> int:
     src_host, dst_host, sysdir, vmid, sys_ds = _migrate_args(inv, log)
     inv.read_stdin("VM payload")  # oned sends it; these steps need only the VM dir
-    params = base_params(inv, sys_ds, vmid) | {"sysdir": sysdir}
-    host_call(inv, src_host if on_source else dst_host, command, params)
+    host_call(inv, src_host if on_source else dst_host,
+              kind(settings(inv, sys_ds), vmid, sysdir=sysdir))
     return 0
 
 
 def postmigrate(inv: Invocation, log: DriverLog) -> int:
     """Drop the VM's volumes on the source host once it runs on the destination."""
-    return _after_migration(inv, log, "postmigrate", on_source=True)
+    return _after_migration(inv, log, rq.Postmigrate, on_source=True)
 
 
 def failmigrate(inv: Invocation, log: DriverLog) -> int:
     """Undo premigrate on the destination host."""
-    return _after_migration(inv, log, "failmigrate", on_source=False)
+    return _after_migration(inv, log, rq.Failmigrate, on_source=False)
 
 
 def monitor(inv: Invocation, log: DriverLog) -> int:
@@ -392,9 +320,9 @@ def monitor(inv: Invocation, log: DriverLog) -> int:
         raise ProtocolError(f"monitor called for datastore {ds_id} with the payload of "
                             f"datastore {action.datastore.ds_id}")
     hosts = action.datastore.template.get("BRIDGE_LIST", "").split()
-    params = base_params(inv, ds_id, None) | {
-        "warn_percent": inv.config.float("MONITOR_WARN_PERCENT", 80.0, 0)}
-    result = host_call(inv, hosts[0] if hosts else None, "monitor", params)
+    request = rq.Monitor(settings(inv, ds_id), None,
+                         warn_percent=front_end(inv.config, "MONITOR_WARN_PERCENT"))
+    result = host_call(inv, hosts[0] if hosts else None, request)
     sys.stdout.write(result.stdout)
     return 0
 

@@ -1,14 +1,14 @@
 """Host-side entry point: ``python3 <remotes>/vaf/host-command <provider>-<action> <json>``.
 
 A front-end driver action that must act on a hypervisor makes exactly one ssh call running
-this, with every parameter in one JSON argument (built by the front-end, quoted by the runner,
-so nothing reaches a shell). The host-side function logs tagged lines and fails with one
-reason line through :func:`vaf.one.log.run_main`, exactly like a driver, so the front-end can
-relay its stderr to oned unchanged.
+this (:mod:`vaf.one.remote`), with every parameter in one JSON argument (built by the
+front-end, quoted by the runner, so nothing reaches a shell). The host-side function logs
+tagged lines and fails with one reason line through :func:`vaf.one.log.run_main`, exactly like
+a driver, so the front-end can relay its stderr to oned unchanged.
 
-:data:`PROVIDERS` is the one place that says which module serves which command prefix.
-stdlib only: this runs with Debian's python3 on hypervisors, on every clone, so it imports
-little (no typing, no dataclasses of its own).
+The registry's ``HOST_COMMANDS`` (``vaf/drivers/registry.py``) says which module serves which
+command prefix. stdlib only: this runs with Debian's python3 on hypervisors, on every clone,
+so it imports little (no typing, no dataclasses of its own).
 """
 
 from __future__ import annotations
@@ -20,17 +20,16 @@ from collections.abc import Callable, Mapping, Sequence
 from vaf.errors import ProtocolError
 from vaf.one.log import DriverLog, run_main
 
-#: command prefix -> module with ``COMMANDS = {"action": function(params, log) -> int}``
-PROVIDERS: dict[str, str] = {
-    "lvmsnap": "vaf.drivers.lvmsnap_host",
-}
+#: see vaf.one.dispatch.REGISTRY: the tables the launchers pass, loaded by name if none is
+REGISTRY = "vaf.drivers.registry"
 
 HostFunction = Callable[[Mapping[str, object], DriverLog], "int | None"]
 
 
-def resolve(command: str) -> HostFunction:
+def resolve(command: str, registry=None) -> HostFunction:
     provider, _, action = command.partition("-")
-    module_name = PROVIDERS.get(provider)
+    registry = registry or importlib.import_module(REGISTRY)
+    module_name = registry.HOST_COMMANDS.get(provider)
     if module_name is None or not action:
         raise ProtocolError(f"unknown host command {command!r}")
     commands: Mapping[str, HostFunction] = importlib.import_module(module_name).COMMANDS
@@ -55,7 +54,7 @@ def _origin(command: str) -> str:
     return command.replace("-", "/", 1)
 
 
-def main(argv: Sequence[str]) -> int:
+def main(argv: Sequence[str], registry=None) -> int:
     command = argv[0] if argv else ""
     log = DriverLog(_origin(command) if command else "host-command")
 
@@ -65,6 +64,6 @@ def main(argv: Sequence[str]) -> int:
         params = parse_params(argv[1])
         vmid = params.get("vmid")
         lg.vmid = vmid if isinstance(vmid, int) else None
-        return resolve(command)(params, lg)
+        return resolve(command, registry)(params, lg)
 
     return run_main(run, log)
