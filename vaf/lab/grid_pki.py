@@ -126,7 +126,8 @@ class GridCA:
               start: float | None = None, end: float | None = None,
               passphrase: str | None = None) -> Credential:
         """A certificate signed by this CA, valid from ``start`` to ``end`` (default: now-1h
-        to now+7d)."""
+        to now+7d). ``name`` is openssl's ``-subj`` form: a ``/`` inside a value is ``\\/``,
+        which is also how the service sees (and a grid-mapfile writes) such a DN."""
         now = time.time()
         key = self.dir / f"{label}.key"
         cert = self.dir / f"{label}.pem"

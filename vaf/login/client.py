@@ -67,9 +67,23 @@ def client_context(creds: Credentials, ca_dir: str | None, ca_file: str | None) 
     context.load_verify_locations(cafile=ca_file, capath=ca_dir)
     try:
         context.load_cert_chain(creds.cert, creds.key, password=creds.passphrase)
-    except ssl.SSLError:
-        raise LoginError("cannot load the certificate and key (wrong passphrase?)") from None
+    except ssl.SSLError as err:
+        raise LoginError("cannot load the certificate and key: "
+                         f"{load_problem(err, creds.passphrase is not None)}") from None
     return context
+
+
+def load_problem(err: ssl.SSLError, encrypted: bool) -> str:
+    reason = getattr(err, "reason", "") or ""
+    if encrypted and reason in ("", "PEM_LIB"):  # all OpenSSL says when decryption fails
+        return "wrong passphrase"
+    if reason == "EE_KEY_TOO_SMALL":
+        return "its key is too small for TLS (at least 2048 bits for RSA)"
+    if reason in ("BAD_DECRYPT", "BAD_PASSWORD_READ") or "decrypt" in reason.lower():
+        return "wrong passphrase"
+    if reason == "KEY_VALUES_MISMATCH":
+        return "the key does not belong to the certificate"
+    return reason or str(err)
 
 
 def explain_tls_error(err: ssl.SSLError, cert: str, runner: Runner) -> str:

@@ -1,7 +1,8 @@
 """DN -> local user name: the grid-mapfile backend behind one small interface.
 
-A grid-mapfile line is ``"<DN>" user[,user...]``: the DN in double quotes (a ``\\"`` inside
-stands for a quote), then the accounts; the first is the one used. ``#`` starts a comment.
+A grid-mapfile line is ``"<DN>" user[,user...]``: the DN in double quotes (``\\"`` inside
+stands for a quote, ``\\\\`` for a backslash; other escapes such as OpenSSL's ``\\/`` for a
+slash inside a value are kept, as the service sees the DN that way), then the accounts; the first is the one used. ``#`` starts a comment.
 Pool accounts (a name starting with ``.``) are not supported and such lines map nobody.
 The name is then validated as a POSIX user name, whatever backend produced it: it reaches
 ``useradd``, a path and the certificate's principal.
@@ -45,7 +46,7 @@ def parse_grid_mapfile(text: str) -> dict[str, str]:
         match = _LINE_RE.match(line)
         if not match:
             continue
-        dn = re.sub(r"\\(.)", r"\1", match.group(1))
+        dn = re.sub(r'\\(["\\])', r"\1", match.group(1))
         account = match.group(2).split(",")[0]
         if account and not account.startswith(".") and dn not in mapping:
             mapping[dn] = account

@@ -180,8 +180,9 @@ class GrantHandler(BaseHTTPRequestHandler):
         except ValueError:
             return self._refuse(HTTPStatus.BAD_REQUEST, "invalid Content-Length")
         if length < 0 or length > limit:
-            return self._refuse(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
-                                f"the request is larger than {limit} bytes")
+            self._refuse(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+                         f"the request is larger than {limit} bytes")
+            return _linger(self.connection)  # unread body: no reset before the answer lands
         body = self.rfile.read(length)
         peer = self.connection.getpeercert(binary_form=True)
         status, payload = self.server.service.handle(peer, self.client_address[0], body)
@@ -203,20 +204,40 @@ class LoginHTTPServer(ThreadingHTTPServer):
 
     def finish_request(self, request: socket.socket, client_address) -> None:
         request.settimeout(self.service.settings.request_timeout)
+        tls = self.contexts.get().wrap_socket(request, server_side=True,
+                                              do_handshake_on_connect=False)
         try:
-            tls = self.contexts.get().wrap_socket(request, server_side=True)
-        except ssl.SSLCertVerificationError as err:
-            log.warning("refuse client=%s: certificate verification failed: %s",
-                        client_address[0], err.verify_message)
-            return
-        except (ssl.SSLError, OSError) as err:
-            log.warning("refuse client=%s: TLS handshake failed: %s", client_address[0],
-                        getattr(err, "reason", None) or err)
-            return
-        try:
+            try:
+                tls.do_handshake()
+            except ssl.SSLCertVerificationError as err:
+                log.warning("refuse client=%s: certificate verification failed: %s",
+                            client_address[0], err.verify_message)
+                _linger(tls)
+                return
+            except (ssl.SSLError, OSError) as err:
+                log.warning("refuse client=%s: TLS handshake failed: %s", client_address[0],
+                            getattr(err, "reason", None) or err)
+                return
             self.RequestHandlerClass(tls, client_address, self)
         finally:
             tls.close()
+
+
+def _linger(tls: ssl.SSLSocket, seconds: float = 2.0, limit: int = 1 << 16) -> None:
+    """After a refused handshake: stop sending and read what the client still sends, so the
+    close does not reset the connection. With TLS 1.3 the client has already sent its
+    request when our alert arrives, and a reset would make it lose the alert (the reason)."""
+    try:
+        tls.shutdown(socket.SHUT_WR)
+        tls.settimeout(seconds)
+        received = 0
+        while received < limit:
+            chunk = tls.recv(4096)
+            if not chunk:
+                break
+            received += len(chunk)
+    except OSError:
+        pass
 
 
 def make_server(settings: LoginSettings, mapper: Mapper | None = None,
