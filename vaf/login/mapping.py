@@ -2,7 +2,8 @@
 
 A grid-mapfile line is ``"<DN>" user[,user...]``: the DN in double quotes (``\\"`` inside
 stands for a quote, ``\\\\`` for a backslash; other escapes such as OpenSSL's ``\\/`` for a
-slash inside a value are kept, as the service sees the DN that way), then the accounts; the first is the one used. ``#`` starts a comment.
+slash inside a value are kept, as the service sees the DN that way), then the accounts; the
+first is the one used. ``#`` starts a comment.
 Pool accounts (a name starting with ``.``) are not supported and such lines map nobody.
 The name is then validated as a POSIX user name, whatever backend produced it: it reaches
 ``useradd``, a path and the certificate's principal.
