@@ -19,6 +19,7 @@ import secrets
 import shutil
 import socket
 import ssl
+import subprocess
 import sys
 import tempfile
 import threading
@@ -29,6 +30,7 @@ import pytest
 
 from vaf.host.runner import Runner
 from vaf.lab import sshd as sshd_support
+from vaf.lab.daemons import free_port
 from vaf.lab.grid_pki import GridCA
 from vaf.login import client
 from vaf.login.accounts import AccountPolicy
@@ -400,3 +402,36 @@ def test_cli_with_an_encrypted_key_asks_once_and_keeps_the_key_private(site):
     assert ran.stdout.strip() == USERS["enc"]
     wrong = env_runner.run(base, input="wrong\n", timeout=60, check=False)
     assert wrong.returncode == 1 and "wrong passphrase" in wrong.stderr
+
+
+def test_login_server_command_reads_its_config_and_tells_systemd_it_is_ready(site):
+    """``vaf login-server`` as the unit runs it (Type=notify), from a real config file."""
+    port = free_port()
+    conf = site.root / "login.conf"
+    conf.write_text("\n".join([
+        "LISTEN=127.0.0.1", f"PORT={port}", f"SERVER_CERT={site.server_cert.cert}",
+        f"SERVER_KEY={site.server_cert.key}", f"CA_DIR={site.ca.certificates}",
+        f"GRID_MAPFILE={site.gridmap}", f"SSH_CA_KEY={site.ssh_ca}", "LIFETIME=60",
+        f"SKELETON={site.skel}", "SHELL=/bin/sh", f"HOME_BASE={site.homes}",
+        f"LOCK_DIR={site.root / 'locks'}", "SSH_HOST=127.0.0.1", f"SSH_PORT={site.sshd.port}",
+    ]) + "\n")
+    notify_path = site.root / "notify.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
+        notify.bind(str(notify_path))
+        notify.settimeout(30)
+        env = dict(os.environ, NOTIFY_SOCKET=str(notify_path))
+        daemon = subprocess.Popen(  # a daemon under test, stopped below by its pid
+            [sys.executable, "-c", "from vaf.cli import main; main()", "login-server",
+             "--config", str(conf), "--foreground"], env=env, stderr=subprocess.PIPE)
+        try:
+            assert notify.recv(100) == b"READY=1"
+            answer, key_path, _ = site.login(f"https://127.0.0.1:{port}", "jane")
+            assert (answer["user"], answer["lifetime"]) == (USERS["jane"], 60)
+            assert site.ssh(answer, key_path).stdout.strip() == USERS["jane"]
+        finally:
+            daemon.terminate()
+            _, errors = daemon.communicate(timeout=30)
+    assert daemon.returncode == 0
+    log = errors.decode()
+    assert f"listening on 127.0.0.1:{port} (grant=certificate, proxies refused)" in log
+    assert f"grant dn=\"{site.creds['jane'].dn}\" user={USERS['jane']} client=127.0.0.1" in log
