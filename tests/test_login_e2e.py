@@ -172,7 +172,11 @@ class Site:
 @pytest.fixture(scope="module")
 def site():
     root = Path(tempfile.mkdtemp(prefix="vaf-login-"))
-    made = Site(root)
+    try:
+        made = Site(root)
+    except BaseException:
+        shutil.rmtree(root, ignore_errors=True)
+        raise
     yield made
     made.close()
     assert not [u for u in pwd.getpwall() if u.pw_name.startswith(PREFIX)]
@@ -339,6 +343,7 @@ def test_no_client_certificate_is_refused_with_a_reason(site):
 def test_hostile_requests_are_refused_and_the_service_keeps_serving(site):
     url = site.server("certificate")
     port = int(url.rsplit(":", 1)[1])
+    site.login(url, "jane", lifetime=60)  # jane's account exists
     before = disk_state(site)
     jane = site.creds["jane"]
     status, answer = _https(url, jane, body=b"x" * 100_000)
@@ -347,6 +352,10 @@ def test_hostile_requests_are_refused_and_the_service_keeps_serving(site):
     assert status == 400 and "not JSON" in answer["error"]
     status, answer = _https(url, jane, body=b'{"lifetime": "forever"}')
     assert status == 400
+    with socket.create_connection(("127.0.0.1", port), timeout=10):
+        # a client that connects and says nothing holds only its own thread
+        answer, _, _ = site.login(url, "jane", lifetime=60)
+        assert answer["user"] == USERS["jane"]
     with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:  # not even TLS
         raw.sendall(os.urandom(4096))
         with contextlib.suppress(ConnectionResetError):
@@ -435,3 +444,18 @@ def test_login_server_command_reads_its_config_and_tells_systemd_it_is_ready(sit
     log = errors.decode()
     assert f"listening on 127.0.0.1:{port} (grant=certificate, proxies refused)" in log
     assert f"grant dn=\"{site.creds['jane'].dn}\" user={USERS['jane']} client=127.0.0.1" in log
+
+
+def test_a_symlinked_ssh_directory_is_refused_and_its_target_untouched(site):
+    """The user owns the home: ~/.ssh pointing at someone else's directory must not be
+    followed by the root service."""
+    url = site.server("authorized_keys", grant="authorized_keys")
+    site.login(url, "cli", lifetime=60)
+    home = site.homes / USERS["cli"]
+    victim = site.root / "victim"
+    victim.mkdir()
+    shutil.rmtree(home / ".ssh")
+    (home / ".ssh").symlink_to(victim)
+    with pytest.raises(client.LoginError, match="the grant failed"):
+        site.login(url, "cli", lifetime=60)
+    assert list(victim.iterdir()) == []
