@@ -16,6 +16,7 @@ import json
 import os
 import shlex
 import ssl
+import tempfile
 import time
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -143,12 +144,13 @@ def private_dir(path: str) -> str:
 
 
 def write_private(path: str, data: str, mode: int = 0o600) -> None:
-    """Write ``path`` atomically, created with ``mode`` so it is never readable by others."""
-    temporary = f"{path}.tmp-{os.getpid()}"
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
+    """Write ``path`` atomically; the temporary file is created 0600 (mkstemp), so the key
+    is never readable by others, not even for a moment."""
+    fd, temporary = tempfile.mkstemp(prefix=".vaf-", dir=os.path.dirname(path))
     try:
         with os.fdopen(fd, "w", encoding="ascii") as handle:
             handle.write(data)
+        os.chmod(temporary, mode)
         os.replace(temporary, path)
     except BaseException:
         if os.path.exists(temporary):

@@ -20,8 +20,9 @@ from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from vaf.errors import VafError
 from vaf.host import locks
-from vaf.host.runner import CommandError, Runner
+from vaf.host.runner import Runner
 from vaf.login import accounts, grants, x509
 from vaf.login.mapping import GridMapfile, Mapper, MappingError
 from vaf.login.settings import LoginSettings
@@ -37,6 +38,12 @@ class Refusal(Exception):
         super().__init__(reason)
         self.status = status
         self.reason = reason
+        self.dn: str | None = None
+        self.user: str | None = None
+
+    def describe(self, client: str) -> str:
+        dn = f'dn="{x509.escape_dn(self.dn)}" ' if self.dn is not None else ""
+        return f"{dn}user={self.user or '-'} client={client}: {self.reason}"
 
 
 @dataclass(frozen=True)
@@ -88,8 +95,25 @@ class LoginService:
             dn = cert.identity
         except x509.CertificateError as err:
             raise Refusal(HTTPStatus.FORBIDDEN, str(err)) from None
-        if cert.is_proxy and not self.settings.allow_proxies:
-            raise Refusal(HTTPStatus.FORBIDDEN, "proxy certificates are not accepted here")
+        user = None
+        try:
+            if cert.is_proxy and not self.settings.allow_proxies:
+                raise Refusal(HTTPStatus.FORBIDDEN, "proxy certificates are not accepted here")
+            user = self._map(dn)
+            try:
+                key = grants.ssh_public_key(cert.public_key_pem, self.runner)
+            except grants.GrantError as err:
+                raise Refusal(HTTPStatus.FORBIDDEN, str(err)) from None
+            lifetime = requested_lifetime(body, self.settings.lifetime,
+                                          self.settings.max_lifetime)
+        except Refusal as refusal:
+            refusal.dn, refusal.user = dn, user
+            raise
+        # A grant never outlives the credential that earned it.
+        lifetime = max(1, min(lifetime, int(cert.not_after - time.time())))
+        return Decision(dn, user, key, lifetime, client)
+
+    def _map(self, dn: str) -> str:
         try:
             user = self.mapper.lookup(dn)
         except MappingError as err:
@@ -97,14 +121,7 @@ class LoginService:
         if user is None:
             raise Refusal(HTTPStatus.FORBIDDEN,
                           f'the DN "{x509.escape_dn(dn)}" is not mapped to an account here')
-        try:
-            key = grants.ssh_public_key(cert.public_key_pem, self.runner)
-        except grants.GrantError as err:
-            raise Refusal(HTTPStatus.FORBIDDEN, str(err)) from None
-        lifetime = requested_lifetime(body, self.settings.lifetime, self.settings.max_lifetime)
-        # A grant never outlives the credential that earned it.
-        lifetime = max(1, min(lifetime, int(cert.not_after - time.time())))
-        return Decision(dn, user, key, lifetime, client)
+        return user
 
     def carry_out(self, decision: Decision) -> dict:
         mode = self.settings.grant
@@ -132,13 +149,13 @@ class LoginService:
         try:
             decision = self.decide(peer_der, client, body)
         except Refusal as refusal:
-            log.warning("refuse client=%s: %s", client, refusal.reason)
+            log.warning("refuse %s", refusal.describe(client))
             return refusal.status, {"error": refusal.reason}
         log.info("grant %s", decision.describe(self.settings.grant))
         try:
             answer = self.carry_out(decision)
-        except (CommandError, LookupError, OSError, grants.GrantError) as err:
-            reason = err.reason if isinstance(err, CommandError) else str(err)
+        except (VafError, LookupError, OSError, grants.GrantError) as err:
+            reason = err.reason if isinstance(err, VafError) else str(err)
             log.error("failed %s: %s", decision.describe(self.settings.grant), reason)
             return HTTPStatus.INTERNAL_SERVER_ERROR, {"error": f"the grant failed: {reason}"}
         log.info("granted %s until %s", decision.describe(self.settings.grant),
@@ -182,8 +199,17 @@ class GrantHandler(BaseHTTPRequestHandler):
         if length < 0 or length > limit:
             self._refuse(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
                          f"the request is larger than {limit} bytes")
-            return _linger(self.connection)  # unread body: no reset before the answer lands
-        body = self.rfile.read(length)
+            # the unread body: drain (bounded in time and size) so no reset loses the answer
+            return _linger(self.connection, limit=1 << 20)
+        try:
+            body = self.rfile.read(length)
+        except OSError:  # a timeout, or the client went away mid-body
+            log.warning("refuse client=%s: the request body did not arrive",
+                        self.client_address[0])
+            self.close_connection = True
+            return None
+        if len(body) != length:
+            return self._refuse(HTTPStatus.BAD_REQUEST, "the request body is incomplete")
         peer = self.connection.getpeercert(binary_form=True)
         status, payload = self.server.service.handle(peer, self.client_address[0], body)
         self._reply(status, payload)
@@ -200,7 +226,23 @@ class LoginHTTPServer(ThreadingHTTPServer):
         self.service = service
         self.contexts = contexts
         settings = service.settings
+        self.slots = threading.BoundedSemaphore(settings.max_connections)
         super().__init__((settings.listen, settings.port), GrantHandler)
+
+    def process_request(self, request, client_address) -> None:
+        """One thread per connection, at most ``max_connections`` at once; beyond that a
+        connection is closed at once (a flood must not exhaust threads and memory)."""
+        if not self.slots.acquire(blocking=False):
+            log.warning("refuse client=%s: too many connections", client_address[0])
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request, client_address) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.slots.release()
 
     def finish_request(self, request: socket.socket, client_address) -> None:
         request.settimeout(self.service.settings.request_timeout)

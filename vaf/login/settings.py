@@ -32,6 +32,7 @@ class LoginSettings:
     accounts: AccountPolicy = AccountPolicy(True, "/etc/skel", "/bin/bash", "/home")
     lock_dir: str = "/run/vaf-login"
     max_request_bytes: int = 4096
+    max_connections: int = 64
     request_timeout: float = 30.0
     ca_reload_seconds: int = 300
     ssh_host: str = ""
@@ -61,6 +62,8 @@ def load_settings(path: str | None = DEFAULT_CONFIG) -> LoginSettings:
         lock_dir=config.str("LOCK_DIR", LoginSettings.lock_dir),
         max_request_bytes=config.int("MAX_REQUEST_BYTES", LoginSettings.max_request_bytes,
                                      minimum=64),
+        max_connections=config.int("MAX_CONNECTIONS", LoginSettings.max_connections,
+                                    minimum=1),
         request_timeout=config.float("REQUEST_TIMEOUT", LoginSettings.request_timeout,
                                      minimum=1.0),
         ca_reload_seconds=config.int("CA_RELOAD_SECONDS", LoginSettings.ca_reload_seconds,
