@@ -6,15 +6,17 @@ from __future__ import annotations
 
 import base64
 import calendar
+import ssl
 import struct
 
 import pytest
 
 from vaf.errors import ConfigError
+from vaf.host.runner import Runner
 from vaf.login import grants
 from vaf.login.accounts import AccountPolicy, useradd_argv
-from vaf.login.client import is_encrypted, ssh_argv
-from vaf.login.mapping import MappingError, check_user_name, parse_grid_mapfile
+from vaf.login.client import explain_tls_error, is_encrypted, ssh_argv
+from vaf.login.mapping import GridMapfile, MappingError, check_user_name, parse_grid_mapfile
 from vaf.login.server import Refusal, requested_lifetime
 from vaf.login.settings import load_settings
 from vaf.login.x509 import CertificateError, end_entity_dn, escape_dn, parse_openssl_output
@@ -217,3 +219,36 @@ def test_settings_defaults_and_errors(tmp_path):
         with pytest.raises(ConfigError):
             load_settings(str(conf))
 
+
+
+def test_grid_mapfile_is_reread_when_it_changes(tmp_path):
+    path = tmp_path / "grid-mapfile"
+    path.write_text('"/DC=org/CN=A" alice\n')
+    mapper = GridMapfile(str(path))
+    assert (mapper.lookup("/DC=org/CN=A"), mapper.lookup("/DC=org/CN=B")) == ("alice", None)
+    path.write_text('"/DC=org/CN=B" bob\n"/DC=org/CN=C" Bad;Name\n')
+    assert (mapper.lookup("/DC=org/CN=A"), mapper.lookup("/DC=org/CN=B")) == (None, "bob")
+    with pytest.raises(MappingError, match="not a valid user name"):
+        mapper.lookup("/DC=org/CN=C")
+    path.unlink()
+    with pytest.raises(MappingError, match="cannot read the grid-mapfile"):
+        mapper.lookup("/DC=org/CN=B")
+
+
+def _alert(reason: str) -> ssl.SSLError:
+    err = ssl.SSLError(1, f"[SSL: {reason}] alert")
+    err.reason = reason
+    return err
+
+
+@pytest.mark.parametrize("reason, message", [
+    ("SSLV3_ALERT_CERTIFICATE_REVOKED", "your certificate has been revoked"),
+    ("SSLV3_ALERT_CERTIFICATE_EXPIRED", "your certificate has expired"),
+    ("TLSV1_ALERT_UNKNOWN_CA", "not issued by a CA the service trusts"),
+    ("SSLV3_ALERT_CERTIFICATE_UNKNOWN", "a proxy, where proxies are off?"),
+    ("SSLV3_ALERT_BAD_CERTIFICATE", "not valid yet, or malformed"),
+    ("WRONG_VERSION_NUMBER", "TLS with the login service failed: WRONG_VERSION_NUMBER"),
+])
+def test_tls_alerts_become_sentences(tmp_path, reason, message):
+    missing_cert = str(tmp_path / "none.pem")  # no own-validity hint without a readable cert
+    assert message in explain_tls_error(_alert(reason), missing_cert, Runner())

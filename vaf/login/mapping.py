@@ -55,12 +55,12 @@ def parse_grid_mapfile(text: str) -> dict[str, str]:
 
 
 class GridMapfile:
-    """A grid-mapfile, re-read when its modification time or size changes."""
+    """A grid-mapfile, re-read when it changes (time, size or inode: a replaced file)."""
 
     def __init__(self, path: str):
         self.path = path
         self._lock = threading.Lock()
-        self._stamp: tuple[float, int] | None = None
+        self._stamp: tuple[int, int, int] | None = None
         self._mapping: dict[str, str] = {}
 
     def _current(self) -> dict[str, str]:
@@ -69,7 +69,7 @@ class GridMapfile:
         except OSError as err:
             raise MappingError(f"cannot read the grid-mapfile {self.path}: {err.strerror}") \
                 from None
-        stamp = (info.st_mtime, info.st_size)
+        stamp = (info.st_mtime_ns, info.st_size, info.st_ino)
         with self._lock:
             if stamp != self._stamp:
                 with open(self.path, encoding="utf-8", errors="replace") as handle:
