@@ -78,13 +78,21 @@ def requested_lifetime(body: bytes, default: int, maximum: int) -> int:
     return lifetime
 
 
+def build_mapper(settings: LoginSettings) -> Mapper:
+    if settings.mapping == "ldap" and settings.ldap is not None:
+        from vaf.login.ldap import LdapMapper
+
+        return LdapMapper(settings.ldap)
+    return GridMapfile(settings.grid_mapfile)
+
+
 class LoginService:
     """The decisions and the grants, independent of HTTP."""
 
     def __init__(self, settings: LoginSettings, mapper: Mapper | None = None,
                  runner: Runner | None = None):
         self.settings = settings
-        self.mapper = mapper if mapper is not None else GridMapfile(settings.grid_mapfile)
+        self.mapper = mapper if mapper is not None else build_mapper(settings)
         self.runner = runner if runner is not None else Runner()
 
     def decide(self, peer_der: bytes | None, client: str, body: bytes) -> Decision:

@@ -11,9 +11,11 @@ from dataclasses import dataclass
 from vaf.config import load_config
 from vaf.errors import ConfigError
 from vaf.login.accounts import AccountPolicy
+from vaf.login.ldap import LdapSettings
 
 DEFAULT_CONFIG = "/etc/vaf/login.conf"
 GRANT_MODES = ("certificate", "authorized_keys")
+MAPPINGS = ("grid-mapfile", "ldap")
 
 
 @dataclass(frozen=True)
@@ -25,6 +27,8 @@ class LoginSettings:
     ca_dir: str = "/etc/grid-security/certificates"
     allow_proxies: bool = False
     grid_mapfile: str = "/etc/grid-security/grid-mapfile"
+    mapping: str = "grid-mapfile"
+    ldap: LdapSettings | None = None
     grant: str = "certificate"
     ssh_ca_key: str = "/etc/vaf/login/ssh_user_ca"
     lifetime: int = 12 * 3600
@@ -49,6 +53,8 @@ def load_settings(path: str | None = DEFAULT_CONFIG) -> LoginSettings:
         ca_dir=config.str("CA_DIR", LoginSettings.ca_dir),
         allow_proxies=config.bool("ALLOW_PROXIES", LoginSettings.allow_proxies),
         grid_mapfile=config.str("GRID_MAPFILE", LoginSettings.grid_mapfile),
+        mapping=config.choice("MAPPING", LoginSettings.mapping, MAPPINGS),
+        ldap=_ldap_settings(config),
         grant=config.choice("GRANT", LoginSettings.grant, GRANT_MODES),
         ssh_ca_key=config.str("SSH_CA_KEY", LoginSettings.ssh_ca_key),
         lifetime=config.int("LIFETIME", LoginSettings.lifetime, minimum=1),
@@ -71,8 +77,23 @@ def load_settings(path: str | None = DEFAULT_CONFIG) -> LoginSettings:
         ssh_host=config.str("SSH_HOST", ""),
         ssh_port=config.int("SSH_PORT", 22, minimum=1, maximum=65535),
     )
+    if settings.mapping == "ldap" and settings.ldap is None:
+        raise ConfigError(f"MAPPING=ldap in {config.source} needs LDAP_URL and LDAP_BASE")
     if settings.lifetime > settings.max_lifetime:
         raise ConfigError(f"LIFETIME in {config.source} exceeds MAX_LIFETIME")
     if not os.path.isabs(settings.accounts.home_base):
         raise ConfigError(f"HOME_BASE in {config.source} must be an absolute path")
     return settings
+
+
+def _ldap_settings(config) -> LdapSettings | None:
+    url, base = config.str("LDAP_URL", ""), config.str("LDAP_BASE", "")
+    if not url or not base:
+        return None
+    return LdapSettings(
+        url=url, base=base,
+        dn_attribute=config.str("LDAP_DN_ATTRIBUTE", LdapSettings.dn_attribute),
+        user_attribute=config.str("LDAP_USER_ATTRIBUTE", LdapSettings.user_attribute),
+        bind_dn=config.str("LDAP_BIND_DN", ""),
+        bind_password_file=config.str("LDAP_BIND_PASSWORD_FILE", ""),
+        timeout=config.float("LDAP_TIMEOUT", LdapSettings.timeout, minimum=1.0))
