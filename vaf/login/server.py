@@ -219,7 +219,11 @@ class GrantHandler(BaseHTTPRequestHandler):
         if len(body) != length:
             return self._refuse(HTTPStatus.BAD_REQUEST, "the request body is incomplete")
         peer = self.connection.getpeercert(binary_form=True)
-        status, payload = self.server.service.handle(peer, self.client_address[0], body)
+        try:
+            status, payload = self.server.service.handle(peer, self.client_address[0], body)
+        except Exception:  # a bug must cost one request, not the thread's silence
+            log.exception("internal error for client=%s", self.client_address[0])
+            status, payload = HTTPStatus.INTERNAL_SERVER_ERROR, {"error": "internal error"}
         self._reply(status, payload)
 
 
@@ -254,8 +258,12 @@ class LoginHTTPServer(ThreadingHTTPServer):
 
     def finish_request(self, request: socket.socket, client_address) -> None:
         request.settimeout(self.service.settings.request_timeout)
-        tls = self.contexts.get().wrap_socket(request, server_side=True,
-                                              do_handshake_on_connect=False)
+        try:
+            context = self.contexts.get()
+        except (ssl.SSLError, OSError) as err:  # e.g. the CA directory broke since the start
+            log.error("cannot serve client=%s: TLS set-up failed: %s", client_address[0], err)
+            return
+        tls = context.wrap_socket(request, server_side=True, do_handshake_on_connect=False)
         try:
             try:
                 tls.do_handshake()
