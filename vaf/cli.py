@@ -15,6 +15,8 @@ SUBCOMMANDS: dict[str, str] = {
     "isolation": "vaf.drivers.isolation_cli:isolation",
     "gate": "vaf.gate.cli:gate",
     "cpu": "vaf.drivers.cpu_cli:cpu",
+    "login-server": "vaf.login.cli:login_server",
+    "login": "vaf.login.cli:login",
 }
 
 

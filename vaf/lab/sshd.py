@@ -49,6 +49,9 @@ class Sshd:
     dir: Path
     runner: Runner = field(default_factory=Runner)
     port: int = 0
+    #: sshd_config lines placed before the defaults: sshd keeps the first value it reads for
+    #: a keyword, so these override (e.g. TrustedUserCAKeys, AuthorizedKeysFile)
+    extra_config: str = ""
 
     @property
     def host_public_key(self) -> list[str]:
@@ -68,7 +71,9 @@ class Sshd:
         (self.dir / "authorized_keys").touch(mode=0o600)
         self.port = free_port()
         config = self.dir / "sshd_config"
-        config.write_text(CONFIG.format(port=self.port, dir=self.dir))
+        extra = self.extra_config.strip()
+        config.write_text((extra + "\n" if extra else "") + CONFIG.format(port=self.port,
+                                                                          dir=self.dir))
         self.runner.run([SSHD, "-t", "-f", str(config)])
         self.runner.run([SSHD, "-f", str(config), "-E", str(self.dir / "sshd.log")])
         wait_for(lambda: port_open(self.port), f"sshd on port {self.port}")
