@@ -216,6 +216,20 @@ class Runner:
             return CommandNotFound(*args)
         return CommandError(*args)
 
+    def hand_over(self, argv: Sequence[str]) -> None:
+        """Become ``argv`` (exec, never returns): for an interactive program such as ``ssh``.
+
+        The terminal and the user's locale are the program's; there is no output to read, so
+        no ``LC_ALL=C`` and no capture. Observers still see the command.
+        """
+        command = check_argv(argv)
+        for observer in self.observers:
+            observer(self.host, command)
+        try:
+            os.execvp(command[0], list(command))
+        except FileNotFoundError:
+            raise CommandNotFound(command, self.host, COMMAND_NOT_FOUND) from None
+
     def output(self, argv: Sequence[str], **kwargs) -> str:
         """Run and return stdout (stripped of the final newline)."""
         return self.run(argv, **kwargs).stdout.rstrip("\n")

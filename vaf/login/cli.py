@@ -10,6 +10,7 @@ import sys
 import click
 
 from vaf.errors import VafError
+from vaf.host.runner import Runner
 
 DEFAULT_PROXY = f"/tmp/x509up_u{os.getuid()}"
 
@@ -91,6 +92,5 @@ def login(url, cert, key, proxy, ca_dir, ca_file, lifetime, directory, print_onl
         click.echo(client.print_line(argv))
         return
     sys.stdout.flush()
-    # The interactive hand-off: this process becomes ssh (the terminal is ssh's, so nothing
-    # to capture; the runner is for commands whose output vaf reads).
-    os.execvp(argv[0], argv)
+    # The interactive hand-off: this process becomes ssh (the terminal is ssh's).
+    Runner().hand_over(argv)
