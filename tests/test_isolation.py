@@ -97,7 +97,8 @@ class Remotes:
                 (root / kind / driver / name).symlink_to("../../vaf/dispatch")
             conf = root / "etc" / kind / driver / f"{driver}.conf"
             conf.parent.mkdir(parents=True)
-            conf.write_text(f"BACKEND={backend}\nVN_MADS=bridge vaf_isolation\n")
+            conf.write_text(f"BACKEND={backend}\nVN_MADS=bridge vaf_isolation\n"
+                            f"ALLOWED_EXTRA_MACS={SVC.mac}\n")
         return cls(root, lab, backend)
 
     def execute(self, relative: str, args: list[str], stdin: str | None = None,
@@ -131,7 +132,7 @@ class Remotes:
 
     def ruleset(self) -> str:
         command = (["nft", "list", "ruleset"] if self.backend == "nft"
-                   else [self.ebtables, "--concurrent", "-L"])
+                   else [self.ebtables, "--concurrent", "-L", "--Lc"])
         return self.lab.run(self.lab.host, command).stdout
 
 

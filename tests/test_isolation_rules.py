@@ -209,7 +209,7 @@ def test_nft_table_listing_is_parsed_per_tap():
 # -- policies from the VM template ---------------------------------------------------------------
 
 def settings(**values) -> Settings:
-    return Settings.from_config(DriverConfig(values, "test.conf"), "/var/tmp/one")
+    return Settings.from_config(DriverConfig(values, "test.conf"))
 
 
 def vm(xml: str) -> VM:
