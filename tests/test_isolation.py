@@ -424,6 +424,18 @@ def test_sweep_removes_the_rules_of_vanished_taps(lab, remotes):
     assert not lab.ping(A1.name, B1.ip)
 
 
+def test_a_network_swept_away_comes_back_with_its_next_vm(lab, remotes):
+    remotes.isolate(*VMS)
+    lab.remove_port(B1.tap)  # the only VM of network B
+    assert remotes.sweep().returncode == 0
+    b2 = Machine("b2", 22, "02:00:0a:00:02:06", "10.0.2.6")
+    lab.add_machine(b2.name, b2.tap, b2.mac, f"{b2.ip}/16")
+    remotes.isolate(b2)
+    assert reachability(lab, [(b2, A1), (A1, b2)]) == {"b2->a1": False, "a1->b2": False}
+    assert lab.frames_received(A1.name, b2.name, [arp_frame(
+        A1.mac, A1.mac, A1.ip, "10.0.2.200")]) == [False]
+
+
 # -- bad input: one reason line, non-zero exit; the hook fails closed ------------------------
 
 def a1_with(nic: str | None = None, user_extra: str | None = None) -> str:

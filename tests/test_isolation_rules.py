@@ -197,19 +197,29 @@ def test_nft_port_elements():
         ("ip_ports", '"one-7-0"'),
         ("own_ip", '"one-7-0" . 10.0.1.5'),
         ("own_ip", '"one-7-0" . 0.0.0.0'),
-        ("in_ports", '"one-7-0" : jump net_p02000a0001')]
+        ("in_ports", '"one-7-0" : jump net_p02000a0001'),
+        ("digests", f'"one-7-0" : {nft.port_digest(POLICY)}')]
     assert [(e.target, e.text) for e in nft.port_elements(replace(POLICY, tagged=True))
             if e.target == "tagged_ports"] == [("tagged_ports", '"one-7-0"')]
-    assert [(e.target, e.text) for e in nft.port_elements(PortPolicy.blocking("one-7-0"))] \
-        == [("blocked", '"one-7-0"')]
+    blocked = PortPolicy.blocking("one-7-0")
+    assert [(e.target, e.text) for e in nft.port_elements(blocked)] == [
+        ("blocked", '"one-7-0"'), ("digests", f'"one-7-0" : {nft.port_digest(blocked)}')]
+
+
+@pytest.mark.parametrize("change", [
+    {"extra_macs": ()}, {"ip": None}, {"mac": "02:00:0a:00:01:06"}, {"tagged": True},
+    {"network": "n3"}, {"blocked": True}])
+def test_nft_port_digest_changes_with_any_element(change):
+    assert nft.port_digest(replace(POLICY, **change)) != nft.port_digest(POLICY)
 
 
 def test_nft_first_apply_builds_the_table_and_adds_only_elements_for_the_vm():
     lines = nft.Script().apply([POLICY], None).splitlines()
     assert f"add element {T} net_p02000a0001 {{ 02:00:0a:00:01:00-02:00:0a:00:01:ff }}" in lines
     assert f'add element {T} in_ports {{ "one-7-0" : jump net_p02000a0001 }}' in lines
-    assert all(f'comment "vaf {nft.base_digest()}"' in line
-               for line in lines if line.startswith(f"add rule {T} from_vm "))
+    assert f'add element {T} digests {{ ":base" : {nft.base_digest()} }}' in lines
+    network = nft.network_digest(POLICY.network, POLICY.ranges)
+    assert f'add element {T} digests {{ ":p02000a0001" : {network} }}' in lines
     # nothing per VM but elements: no chain, set or rule named after the tap
     assert not [line for line in lines if "one-7-0" in line
                 and not line.startswith(f"add element {T} ")]
@@ -218,9 +228,9 @@ def test_nft_first_apply_builds_the_table_and_adds_only_elements_for_the_vm():
 def kernel_with(policy: PortPolicy) -> nft.Table:
     """The table as the kernel lists it after ``policy`` was applied."""
     return nft.Table(by_tap={policy.tap: nft.port_elements(policy)},
-                     digests={"from_vm": {nft.base_digest()}, "forward": {nft.base_digest()},
-                              f"net_{policy.network}": {nft.network_digest(
-                                  policy.network, policy.ranges)}})
+                     digests={":base": nft.base_digest(), policy.tap: nft.port_digest(policy),
+                              f":{policy.network}": nft.network_digest(policy.network,
+                                                                       policy.ranges)})
 
 
 def test_nft_reapplying_the_same_policy_is_an_empty_transaction():
@@ -230,7 +240,15 @@ def test_nft_reapplying_the_same_policy_is_an_empty_transaction():
 def test_nft_revoking_an_extra_mac_deletes_exactly_that_element():
     revoked = replace(POLICY, extra_macs=())
     assert nft.Script().apply([revoked], kernel_with(POLICY)).splitlines() == [
-        f'delete element {T} extra {{ "one-7-0" . 02:00:0a:00:09:09 }}']
+        f'delete element {T} digests {{ "one-7-0" }}',
+        f'delete element {T} extra {{ "one-7-0" . 02:00:0a:00:09:09 }}',
+        f'add element {T} digests {{ "one-7-0" : {nft.port_digest(revoked)} }}']
+
+
+def test_nft_upgrade_marks_taps_of_an_older_vaf_for_a_whole_read():
+    older = nft.Table(by_tap={"one-8-0": [nft.Element("ports", '"one-8-0"')]})
+    lines = nft.Script().apply([POLICY], older).splitlines()
+    assert f'add element {T} digests {{ "one-8-0" : {nft.UNKNOWN} }}' in lines
 
 
 def test_nft_moving_to_another_network_replaces_the_map_entry():
@@ -261,17 +279,18 @@ def test_nft_table_listing_is_parsed_per_tap():
         {"map": {"name": "in_ports",
                  "elem": [["one-7-0", {"jump": {"target": "net_pa"}}]]}},
         {"chain": {"name": "net_pa"}},
-        {"rule": {"chain": "from_vm", "comment": "vaf 0123456789ab", "expr": []}},
-        {"rule": {"chain": "forward", "expr": []}}]})
+        {"map": {"name": "digests", "elem": [[":base", "02:00:00:00:00:01"],
+                                             ["one-8-0", "02:00:00:00:00:02"]]}}]})
     table = nft.parse_table(listing)
     assert sorted(table.by_tap["one-7-0"]) == sorted([
         nft.Element("ports", '"one-7-0"'),
         nft.Element("own_mac", '"one-7-0" . 02:00:0a:00:01:05'),
         nft.Element("own_lla", '"one-7-0" . 2199191027973'),
         nft.Element("in_ports", '"one-7-0" : jump net_pa')])
-    assert table.by_tap["one-8-0"] == [nft.Element("ports", '"one-8-0"')]
+    assert table.by_tap["one-8-0"] == [nft.Element("ports", '"one-8-0"'),
+                                       nft.Element("digests", '"one-8-0" : 02:00:00:00:00:02')]
     assert (table.defined, table.used) == ({"pa", "pb"}, {"pa"})
-    assert table.digests == {"from_vm": {"0123456789ab"}, "forward": {""}}
+    assert table.digests == {":base": "02:00:00:00:00:01", "one-8-0": "02:00:00:00:00:02"}
 
 
 # -- policies from the VM template ---------------------------------------------------------------

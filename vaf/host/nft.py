@@ -12,6 +12,7 @@ One table, ``bridge vaf_isolation``. Its chains and sets exist once per host or 
     set own_ip       { type ifname . ipv4_addr }     tap . IP, tap . 0.0.0.0 (ARP probes)
     set extra        { type ifname . ether_addr }    tap . extra authorized MAC
     map in_ports     { type ifname : verdict }       tap -> jump net_<key>
+    map digests      { type ifname : ether_addr }    tap, ":base", ":<key>" -> digest
     set net_<key>    { type ether_addr; flags interval }   a network's MAC ranges
     chain net_<key>  { ether saddr @net_<key> return; oifname . ether saddr @extra return; drop }
     chain forward    { hook forward; blocked taps drop; iifname @ports jump from_vm;
@@ -24,11 +25,20 @@ sets) before every transaction, so per-VM chains or sets, or one big interval se
 update cost grow with the number of VMs (measured: 1,000 VMs with two chains and a set each
 tripled the cost). Hash-set and map elements are cheap to add and to look up.
 
-The kernel is the only state: each apply or clean reads the table (``nft -j list table``),
-computes the difference between what a tap has and what it should have, and commits it in
-one transaction; nothing is kept in files, so a revoked extra MAC goes whatever happened
-before. Every rule carries a comment with the digest of its chain's rules: a chain whose
-digest is current is not rewritten, so re-applying an unchanged rule set keeps the counters.
+The kernel is the only state, nothing is kept in files. The ``digests`` map holds a 48-bit
+digest (written as a MAC) of what each tap's elements are, of the fixed chains (``:base``)
+and of each network's chain (``:<key>``), changed in the same transaction as what it
+describes. Apply reads that map (small, one element per tap) and:
+
+* leaves a tap, base or network whose digest is current alone (re-applying an unchanged
+  rule set is no transaction at all, so the counters keep counting);
+* adds a tap that has no digest: it has no element either;
+* for a tap whose digest differs (its extra MACs or MAC changed), reads the whole table to
+  learn the tap's real elements and deletes exactly those, so a revoked extra MAC goes
+  whatever happened before.
+
+A table of an older vaf (no ``digests``, or an old ``:base``) is read whole, and its taps get
+the digest "unknown", which sends their next apply to the whole-table path.
 """
 
 from __future__ import annotations
@@ -38,7 +48,15 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from vaf.host.netfilter import DEFAULT_TAP_NAMES, PortPolicy, TapNames, fingerprint, parse_mac
+from vaf.errors import VafError
+from vaf.host.netfilter import (
+    DEFAULT_TAP_NAMES,
+    PortPolicy,
+    TapNames,
+    fingerprint,
+    format_mac,
+    parse_mac,
+)
 from vaf.host.runner import Runner
 
 TABLE = "vaf_isolation"
@@ -48,7 +66,9 @@ TAP_SETS = {"ports": "type ifname", "blocked": "type ifname", "tagged_ports": "t
             "own_lla": "typeof iifname . @th,208,48",
             "extra": "type ifname . ether_addr", "own_ip": "type ifname . ipv4_addr"}
 PROBE_IP = "0.0.0.0"  # RFC 5227: ARP probes before the guest uses its address
-COMMENT = "vaf "
+DIGESTS = "digests"
+BASE_KEY = ":base"
+UNKNOWN = "00:00:00:00:00:00"  # the digest of a tap whose elements must be read
 
 # ICMPv6 neighbour discovery (RFC 4861). An NS or NA is 24 bytes of ICMPv6 plus options, an
 # RS 8; a link-layer address option (type 1 source, 2 target) is 8 bytes: type, length, MAC.
@@ -96,6 +116,11 @@ class Element:
 
 
 def port_elements(policy: PortPolicy) -> list[Element]:
+    """The tap's elements, its digest included."""
+    return [*_port_elements(policy), digest_element(policy.tap, port_digest(policy))]
+
+
+def _port_elements(policy: PortPolicy) -> list[Element]:
     tap = f'"{policy.tap}"'
     if policy.blocked:
         return [Element("blocked", tap)]
@@ -117,8 +142,16 @@ def network_rules(key: str) -> list[str]:
             "counter drop"]
 
 
-def chain_digest(rules: Sequence[str], *more: str) -> str:
-    return fingerprint([*rules, *more])
+def digest_mac(lines: Iterable[str]) -> str:
+    return format_mac(int(fingerprint(lines), 16))
+
+
+def port_digest(policy: PortPolicy) -> str:
+    return digest_mac(f"{e.target} {e.text}" for e in _port_elements(policy))
+
+
+def digest_element(key: str, digest: str) -> Element:
+    return Element(DIGESTS, f"{json.dumps(key)} : {digest}")
 
 
 @dataclass(frozen=True)
@@ -131,26 +164,30 @@ class Script:
     def t(self) -> str:
         return f"bridge {self.table}"
 
-    def _rules(self, chain: str, rules: Sequence[str], digest: str) -> list[str]:
+    def _rules(self, chain: str, rules: Sequence[str]) -> list[str]:
         t = self.t
-        return [f"flush chain {t} {chain}"] + [
-            f'add rule {t} {chain} {rule} comment "{COMMENT}{digest}"' for rule in rules]
+        return [f"flush chain {t} {chain}"] + [f"add rule {t} {chain} {rule}" for rule in rules]
 
-    def base(self) -> list[str]:
+    def _digest(self, key: str, old: str | None, new: str) -> list[str]:
+        return self.change([digest_element(key, old)] if old else [],
+                           [digest_element(key, new)])
+
+    def base(self, old_digest: str | None = None) -> list[str]:
         """Table, sets, maps and fixed chains (constant size: it does not grow with VMs)."""
         t = self.t
         lines = [f"add table {t}"]
         lines += [f"add set {t} {name} {{ {kind}; }}" for name, kind in TAP_SETS.items()]
-        lines.append(f"add map {t} in_ports {{ type ifname : verdict; }}")
+        lines += [f"add map {t} in_ports {{ type ifname : verdict; }}",
+                  f"add map {t} {DIGESTS} {{ type ifname : ether_addr; }}"]
         hook = "{{ type filter hook {} priority " + PRIORITY + "; policy accept; }}"
         lines += [f"add chain {t} from_vm",
                   f"add chain {t} forward " + hook.format("forward"),
                   f"add chain {t} input " + hook.format("input")]
         for chain, rules in BASE_RULES.items():
-            lines += self._rules(chain, rules, base_digest())
-        return lines
+            lines += self._rules(chain, rules)
+        return lines + self._digest(BASE_KEY, old_digest, base_digest())
 
-    def network(self, key: str, ranges: Sequence) -> list[str]:
+    def network(self, key: str, ranges: Sequence, old_digest: str | None = None) -> list[str]:
         """A network's set and chain, rewritten only when its ranges changed."""
         t, name = self.t, f"net_{key}"
         elements = ", ".join(str(item) for item in ranges)
@@ -158,7 +195,8 @@ class Script:
                 f"flush set {t} {name}",
                 f"add element {t} {name} {{ {elements} }}",
                 f"add chain {t} {name}",
-                *self._rules(name, network_rules(key), network_digest(key, ranges))]
+                *self._rules(name, network_rules(key)),
+                *self._digest(f":{key}", old_digest, network_digest(key, ranges))]
 
     def change(self, old: Iterable[Element], new: Iterable[Element]) -> list[str]:
         """Turn the elements ``old`` (as the kernel has them) into ``new``."""
@@ -167,36 +205,46 @@ class Script:
         return lines + [f"add element {t} {e.target} {{ {e.text} }}" for e in sorted(new - old)]
 
     def apply(self, policies: Sequence[PortPolicy], kernel: Table | None) -> str:
-        """The transaction bringing ``policies`` about, given what the kernel has."""
+        """The transaction bringing ``policies`` about, given what the kernel has (the whole
+        table, or only its digests when no tap to change has elements)."""
         kernel = kernel or Table()
-        lines = [] if kernel.digests.get("from_vm") == {base_digest()} else self.base()
+        digests = kernel.digests
+        lines = []
+        if digests.get(BASE_KEY) != base_digest():
+            lines += self.base(digests.get(BASE_KEY))
+            # taps of an older vaf have no digest: mark them for a whole-table read
+            lines += [f"add element {self.t} {DIGESTS} {{ {json.dumps(tap)} : {UNKNOWN} }}"
+                      for tap in sorted(set(kernel.by_tap) - set(digests))]
         networks = {p.network: p.ranges for p in policies if not p.blocked}
         for key, ranges in sorted(networks.items()):
-            if kernel.digests.get(f"net_{key}") != {network_digest(key, ranges)}:
-                lines += self.network(key, ranges)
+            if digests.get(f":{key}") != network_digest(key, ranges):
+                lines += self.network(key, ranges, digests.get(f":{key}"))
         for policy in policies:
-            lines += self.change(kernel.by_tap.get(policy.tap, ()), port_elements(policy))
+            if digests.get(policy.tap) != port_digest(policy):
+                lines += self.change(kernel.by_tap.get(policy.tap, ()), port_elements(policy))
         return text(lines)
 
     def remove(self, old: dict[str, list[Element]]) -> str:
         return text([line for tap in sorted(old) for line in self.change(old[tap], ())])
 
-    def delete_networks(self, keys: Iterable[str]) -> str:
+    def delete_networks(self, keys: Iterable[str], digests: dict[str, str]) -> str:
         t = self.t
         lines = []
         for key in sorted(keys):
             lines += [f"flush chain {t} net_{key}", f"delete chain {t} net_{key}",
                       f"delete set {t} net_{key}"]
+            if f":{key}" in digests:
+                lines.append(f"delete element {t} {DIGESTS} {{ {json.dumps(':' + key)} }}")
         return text(lines)
 
 
 def base_digest() -> str:
-    return chain_digest([f"{c}: {r}" for c, rules in BASE_RULES.items() for r in rules],
-                        *(f"{name} {kind}" for name, kind in TAP_SETS.items()))
+    return digest_mac([*(f"{c}: {r}" for c, rules in BASE_RULES.items() for r in rules),
+                       *(f"{name} {kind}" for name, kind in TAP_SETS.items())])
 
 
 def network_digest(key: str, ranges: Sequence) -> str:
-    return chain_digest(network_rules(key), *(str(item) for item in ranges))
+    return digest_mac([*network_rules(key), *(str(item) for item in ranges)])
 
 
 def text(lines: list[str]) -> str:
@@ -231,7 +279,7 @@ class Table:
     by_tap: dict[str, list[Element]]
     defined: set[str]  # network keys with a set or chain net_<key>
     used: set[str]  # network keys some tap jumps to
-    digests: dict[str, set[str]]  # chain -> the digests its rules' comments carry
+    digests: dict[str, str]  # tap, ":base" or ":<key>" -> its digest
 
     def __init__(self, by_tap=None, defined=None, used=None, digests=None) -> None:
         self.by_tap = by_tap or {}
@@ -248,10 +296,11 @@ def parse_table(listing: str) -> Table:
             name = item.get(kind, {}).get("name", "")
             if name.startswith("net_"):
                 table.defined.add(name[len("net_"):])
-        if "rule" in item:
-            comment = item["rule"].get("comment", "")
-            digest = comment[len(COMMENT):] if comment.startswith(COMMENT) else ""
-            table.digests.setdefault(item["rule"]["chain"], set()).add(digest)
+        if "map" in item and item["map"]["name"] == DIGESTS:
+            table.digests = parse_digests(item)
+            for key, digest in table.digests.items():
+                if not key.startswith(":"):
+                    table.by_tap.setdefault(key, []).append(digest_element(key, digest))
         elif "map" in item and item["map"]["name"] == "in_ports":
             for key, verdict in item["map"].get("elem", []):
                 target = verdict["jump"]["target"]
@@ -265,6 +314,11 @@ def parse_table(listing: str) -> Table:
                     table.by_tap.setdefault(tap, []).append(
                         Element(item["set"]["name"], _element_text(element)))
     return table
+
+
+def parse_digests(item: dict) -> dict[str, str]:
+    """The ``digests`` map of a JSON listing item."""
+    return {key: value for key, value in item["map"].get("elem", [])}
 
 
 # -- the backend ---------------------------------------------------------------------------------
@@ -290,6 +344,15 @@ class NftBackend:
                                  sudo=True, check=False)
         return parse_table(result.stdout) if result.returncode == 0 else None
 
+    def _digests(self) -> dict[str, str] | None:
+        """The ``digests`` map alone: one small element per tap, read instead of the table."""
+        result = self.runner.run([self.nft, "-j", "list", "map", "bridge", self.table, DIGESTS],
+                                 sudo=True, check=False)
+        if result.returncode != 0:
+            return None
+        maps = [item for item in json.loads(result.stdout).get("nftables", []) if "map" in item]
+        return parse_digests(maps[0]) if maps else None
+
     # the operations
     def isolated_taps(self) -> set[str] | None:
         table = self._table()
@@ -299,12 +362,25 @@ class NftBackend:
         return tap in (self.isolated_taps() or set())
 
     def apply(self, policies: Sequence[PortPolicy]) -> None:
-        self._run(self.script.apply(policies, self._table()))
+        digests = self._digests()
+        if digests is None or digests.get(BASE_KEY) != base_digest() or any(
+                digests.get(p.tap) not in (None, port_digest(p)) for p in policies):
+            self._run(self.script.apply(policies, self._table()))
+            return
+        try:  # no tap to change has elements: the digests are all that is needed
+            self._run(self.script.apply(policies, Table(digests=digests)))
+        except VafError:  # the kernel disagrees (someone else wrote the table): read it all
+            self._run(self.script.apply(policies, self._table()))
 
     def clean(self, taps: Iterable[str], vm_id: int | None = None,
               names: TapNames = DEFAULT_TAP_NAMES) -> set[str]:
         """Remove the elements of ``taps`` and, given ``vm_id``, of every tap ``names`` says
         is that VM's; return the taps that had elements."""
+        digests = self._digests()
+        if digests is not None:  # nothing to read when none of these taps has elements
+            known = {key for key in digests if not key.startswith(":")}
+            if not (set(taps) | names.of_vm(known, vm_id)) & known:
+                return set()
         by_tap = (self._table() or Table()).by_tap
         present = (set(taps) | names.of_vm(by_tap, vm_id)) & set(by_tap)
         self._run(self.script.remove({tap: by_tap[tap] for tap in present}))
@@ -318,7 +394,7 @@ class NftBackend:
         orphans = set(table.by_tap) - existing
         self._run(self.script.remove({tap: table.by_tap[tap] for tap in orphans}))
         table = self._table() or Table()
-        self._run(self.script.delete_networks(table.defined - table.used))
+        self._run(self.script.delete_networks(table.defined - table.used, table.digests))
         return orphans
 
     def ruleset(self) -> str:
