@@ -384,6 +384,14 @@ def test_clean_removes_exactly_that_vm(lab, remotes):
     assert reachability(lab, [(A2, SVC), (A2, B1)]) == {"a2->svc": True, "a2->b1": False}
 
 
+def test_clean_with_a_changed_template_removes_what_the_port_really_has(lab, remotes):
+    remotes.isolate(A1, A2)  # A1 got SVC's MAC from its template
+    changed = vm_xml(A1.vmid, [nic_xml(0, A1.mac, A1.tap, "10.0.1.99")])  # no extra, new IP
+    assert remotes.hook(changed, "clean").returncode == 0
+    rules = remotes.ruleset()
+    assert A1.tap not in rules and A2.tap in rules  # not one element of A1's is left
+
+
 def test_clean_finds_the_vm_taps_the_template_no_longer_lists(lab, remotes):
     """A NIC detached while the driver was not told still has rules: clean removes every
     one-<vmid>-<n>, and only those (one-110-0 belongs to VM 110, not 11)."""

@@ -266,9 +266,21 @@ class Isolation:
                               "left alone")
         with host_lock(self.settings.lock_file):
             cleaned = self.backend.clean(targets, None if detaching else vm.vm_id,
-                                         self.settings.tap_names)
+                                         self.settings.tap_names,
+                                         self._policies_if_any(vm, detaching or nics))
         self.log.info(f"removed the rules of {', '.join(sorted(cleaned)) or 'no tap'}")
         return 0
+
+    def _policies_if_any(self, vm: VM, nics: Sequence[Nic]) -> list[PortPolicy]:
+        """The policies the template gives its NICs, as far as it can (clean never fails on
+        a bad template; the backend reads the kernel for what it cannot vouch for)."""
+        policies = []
+        for nic in nics:
+            try:
+                policies.append(port_policy(vm, nic, self.settings))
+            except VafError:
+                continue
+        return policies
 
     def sweep(self) -> set[str]:
         with host_lock(self.settings.lock_file):

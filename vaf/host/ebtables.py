@@ -269,9 +269,11 @@ class EbtablesBackend:
             self._restore(apply_batch(policies, isolated))
 
     def clean(self, taps: Iterable[str], vm_id: int | None = None,
-              names: TapNames = DEFAULT_TAP_NAMES) -> set[str]:
+              names: TapNames = DEFAULT_TAP_NAMES,
+              expected: Sequence[PortPolicy] = ()) -> set[str]:
         """Remove the rules of ``taps`` and, given ``vm_id``, of every tap ``names`` says
-        is that VM's; return the taps that had rules."""
+        is that VM's; return the taps that had rules (``expected`` is the nft backend's
+        shortcut: a port's chains go whatever they hold)."""
         isolated = self.isolated_taps() or set()
         present = (set(taps) | names.of_vm(isolated, vm_id)) & isolated
         self._remove(present)

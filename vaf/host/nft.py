@@ -373,14 +373,25 @@ class NftBackend:
             self._run(self.script.apply(policies, self._table()))
 
     def clean(self, taps: Iterable[str], vm_id: int | None = None,
-              names: TapNames = DEFAULT_TAP_NAMES) -> set[str]:
+              names: TapNames = DEFAULT_TAP_NAMES,
+              expected: Sequence[PortPolicy] = ()) -> set[str]:
         """Remove the elements of ``taps`` and, given ``vm_id``, of every tap ``names`` says
-        is that VM's; return the taps that had elements."""
+        is that VM's; return the taps that had elements.
+
+        ``expected``: the policies the template gives these taps. A tap whose digest is the
+        one of its expected policy has exactly that policy's elements, and the table is not
+        read; otherwise (a changed template, a NIC the template no longer lists) it is.
+        """
         digests = self._digests()
-        if digests is not None:  # nothing to read when none of these taps has elements
+        if digests is not None:
             known = {key for key in digests if not key.startswith(":")}
-            if not (set(taps) | names.of_vm(known, vm_id)) & known:
-                return set()
+            present = (set(taps) | names.of_vm(known, vm_id)) & known
+            policies = {p.tap: p for p in expected}
+            if all(tap in policies and digests[tap] == port_digest(policies[tap])
+                   for tap in present):
+                self._run(self.script.remove({tap: port_elements(policies[tap])
+                                              for tap in present}))
+                return present
         by_tap = (self._table() or Table()).by_tap
         present = (set(taps) | names.of_vm(by_tap, vm_id)) & set(by_tap)
         self._run(self.script.remove({tap: by_tap[tap] for tap in present}))
