@@ -15,6 +15,7 @@ SUBCOMMANDS: dict[str, str] = {
     "isolation": "vaf.drivers.isolation_cli:isolation",
     "gate": "vaf.gate.cli:gate",
     "cpu": "vaf.drivers.cpu_cli:cpu",
+    "elastic": "vaf.elastic.cli:elastic",
 }
 
 

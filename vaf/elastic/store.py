@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import sqlite3
 import time
 from collections.abc import Iterable
@@ -107,3 +108,14 @@ class Store:
 
     def put_streak(self, streak: Streak) -> None:
         self.put("streak", [streak.failures, streak.last_at, streak.last_reason])
+
+
+def wake(settings) -> bool:
+    """Nudge a running daemon (one datagram to its socket); False when none listens, which
+    loses nothing: the daemon reads the pending requests when it starts."""
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.sendto(b"wake", settings.socket)
+        return True
+    except OSError:
+        return False

@@ -128,9 +128,15 @@ class Slurm:
 
         ``-Z`` (dynamic registration) refuses a name slurm.conf already defines, and its
         ``--conf`` takes no Port, so several workers on one host need the configured nodes.
+        slurmctld ignores a powering-up node whose machine booted before it was resumed
+        (a real VM boots after), so the slurmd runs in a time namespace whose boot clock
+        starts now, as a fresh VM's would.
         """
         (self.dir / "spool" / name).mkdir(exist_ok=True)
-        self.runner.run(["/usr/sbin/slurmd", "-N", name, "-f", str(self.conf)])
+        with open("/proc/uptime", encoding="ascii") as handle:
+            uptime = int(float(handle.read().split()[0]))  # whole seconds: uptime < 1 s
+        self.runner.run(["unshare", "--fork", "--time", f"--boottime=-{uptime}",
+                         "/usr/sbin/slurmd", "-N", name, "-f", str(self.conf)])
         if name not in self.slurmds:
             self.slurmds.append(name)
 
