@@ -189,11 +189,21 @@ class _Plan:
     wake: list[float] = field(default_factory=list)
     streak: Streak = Streak()
     new_vms: int = 0
+    waiting_now: int = 0  # cores of pending jobs (any age)
+
+    def __post_init__(self) -> None:
+        # counts kept as records change, so that a decision stays linear in the nodes
+        self.live_count = sum(r.state in LIVE for r in self.records.values())
+        self.draining = sum(r.state == DRAINING for r in self.records.values())
+        self.waiting_now = _waiting_cores(self.world.jobs or (), self.world.now, 0.0)
 
     def act(self, action: Action) -> None:
         self.actions.append(action)
         if action.state:
             old = self.records.get(action.name)
+            old_state = old.state if old else GONE
+            self.live_count += (action.state in LIVE) - (old_state in LIVE)
+            self.draining += (action.state == DRAINING) - (old_state == DRAINING)
             vm_id = getattr(action, "vm_id", None)
             self.records[action.name] = Record(
                 action.name, action.state, self.world.now,
@@ -201,8 +211,6 @@ class _Plan:
                 cores=getattr(action, "cores", old.cores if old else self.settings.cores_per_vm),
                 reason=action.reason, requested_at=old.requested_at if old else self.world.now)
 
-    def live(self) -> list[Record]:
-        return [r for r in self.records.values() if r.state in LIVE]
 
     def fail(self, reason: str) -> None:
         self.streak = Streak(self.streak.failures + 1, self.world.now, reason)
@@ -228,7 +236,7 @@ class _Plan:
             return 0
         if self.streak.failures >= self.settings.max_join_failures:
             return 1 - self.new_vms  # the one trial after the back-off
-        quota = self.settings.max_vms - len(self.live())
+        quota = self.settings.max_vms - self.live_count
         return max(0, min(quota, self.settings.max_requests_per_cycle - self.new_vms))
 
 
@@ -411,17 +419,13 @@ def _running(plan: _Plan, record: Record, node: Node | None) -> None:
     idle_for = now - record.since
     if idle_for < s.idle_threshold:
         plan.wake.append(record.since + s.idle_threshold)
-    elif len(plan.live()) - _draining_count(plan) <= s.min_vms:
+    elif plan.live_count - plan.draining <= s.min_vms:
         return
-    elif _waiting_cores(plan.world.jobs or (), now, 0.0) > 0 and s.mode == "queue":
+    elif plan.waiting_now > 0 and s.mode == "queue":
         return  # jobs wait that this node may run: keep it
     else:
         plan.act(Drain(record.name, DRAINING, f"idle for {idle_for:.0f} s"))
         plan.why.append(f"{record.name}: drain, idle for {idle_for:.0f} s")
-
-
-def _draining_count(plan: _Plan) -> int:
-    return sum(r.state == DRAINING for r in plan.records.values())
 
 
 def _draining(plan: _Plan, record: Record, node: Node | None) -> None:
@@ -499,7 +503,7 @@ def _free_names(plan: _Plan, nodes: dict[str, Node] | None) -> list[str]:
 
 def _keep_minimum(plan: _Plan, nodes: dict[str, Node] | None) -> None:
     s = plan.settings
-    missing = s.min_vms - len(plan.live())
+    missing = s.min_vms - plan.live_count
     if missing <= 0 or nodes is None or plan.room() <= 0:
         return
     for name in _free_names(plan, nodes)[:min(missing, plan.room())]:
@@ -543,7 +547,7 @@ def _squeeze(plan: _Plan) -> None:
     if not plan.settings.squeeze:
         return
     working = any(r.state in (JOINED, IDLE, DRAINING) for r in plan.records.values())
-    anything = bool(plan.live()) or any(r.state in ENDING for r in plan.records.values())
+    anything = plan.live_count > 0 or any(r.state in ENDING for r in plan.records.values())
     if working and not plan.world.squeezed:
         plan.act(Squeeze("cpu", None, "workers run: squeeze the batch clusters", on=True))
     elif not anything and plan.world.squeezed:

@@ -36,6 +36,7 @@ ResumeTimeout={resume_timeout}
 ResumeRate=0
 SuspendRate=0
 BatchStartTimeout=5
+SchedulerParameters=batch_sched_delay=0
 NodeName=w[1-{count}] NodeAddr=127.0.0.1 CPUs=1 State=CLOUD Feature=cloud Port=[{port}-{last}]
 """
 

@@ -70,6 +70,7 @@ class Vm:
     stime: int = field(default_factory=lambda: int(time.time()))
     etime: int = 0
     worker: bool = False
+    booted: float = 0.0  # when its worker was started
 
     @property
     def context(self) -> dict[str, str]:
@@ -100,7 +101,7 @@ class OneApi:
         default_factory=lambda: {0: {"NAME": "worker", "CPU": "1", "VCPU": "1",
                                      "MEMORY": "512", "CONTEXT": {"NETWORK": "YES"}}})
     vms: dict[int, Vm] = field(default_factory=dict)
-    calls: list[tuple[str, tuple]] = field(default_factory=list)
+    calls: list[tuple[str, tuple, float]] = field(default_factory=list)  # name, args, time
     #: behaviour of the next VMs, consumed first; then ``default_behaviour``
     next_behaviours: list[str] = field(default_factory=list)
     default_behaviour: str = OK
@@ -154,7 +155,7 @@ class OneApi:
     def _guarded(self, name: str, method: Callable) -> Callable:
         def call(session, *args):
             with self._lock:
-                self.calls.append((name, args))
+                self.calls.append((name, args, time.time()))
                 if session != self.session:
                     return [False, f"[{name}] User couldn't be authenticated, aborting call.",
                             AUTHENTICATION]
@@ -216,6 +217,7 @@ class OneApi:
             if vm.behaviour == NO_JOIN:
                 return
             vm.worker = True
+            vm.booted = time.time()
         self.workers.start(vm)  # outside the lock: a worker may take a while to start
 
     def vm_action(self, action: str, vm_id: int) -> int:
@@ -256,7 +258,7 @@ class OneApi:
             return [vm for vm in self.vms.values() if vm.state != DONE]
 
     def count(self, method: str) -> int:
-        return sum(name == method for name, _ in self.calls)
+        return sum(name == method for name, *_ in self.calls)
 
 
 class _Refusal(Exception):

@@ -47,7 +47,7 @@ JobCompType=jobcomp/none
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core
 ReturnToService=2
-MaxNodeCount=16
+MaxNodeCount=64
 TreeWidth=65533
 CommunicationParameters=NoAddrCache
 PartitionName=batch Nodes=ALL Default=YES MaxTime=INFINITE State=UP

@@ -81,11 +81,6 @@ def read_session(path: str | None = None, environ: Mapping[str, str] | None = No
     return session
 
 
-def _tag(template, key: str) -> str:
-    value = (template or {}).get(key) if isinstance(template, Mapping) else None
-    return str(value) if value is not None else ""
-
-
 class Cloud:
     """One pool of workers: one template, one owner tag."""
 
@@ -150,11 +145,29 @@ class Cloud:
         self._call(f"terminate VM {vm_id}", action)
 
     def owned_vms(self) -> list[CloudVm]:
-        pool = self._call("list VMs", self.server.vmpool.info, _MINE, -1, -1, _NOT_DONE)
-        vms = []
-        for vm in pool.VM:
-            if _tag(vm.USER_TEMPLATE, OWNER_TAG) != self.owner:
-                continue
-            vms.append(CloudVm(int(vm.ID), _tag(vm.USER_TEMPLATE, NODE_TAG) or vm.NAME,
-                               vm_state(int(vm.STATE), int(vm.LCM_STATE)), float(vm.STIME)))
-        return vms
+        """Our VMs (any state but DONE). The pool document is read with lxml rather than
+        pyone's generated bindings: same request and transport, a tenth of the time, which
+        matters at a thousand workers."""
+        def listing() -> str:
+            answer = self.server._do_request(
+                "one.vmpool.info", self.server._cast_parms((_MINE, -1, -1, _NOT_DONE)))
+            if not answer[0]:
+                raise self._pyone.OneException(answer[1])
+            return answer[1]
+
+        return parse_pool(self._call("list VMs", listing), self.owner)
+
+
+def parse_pool(document: str, owner: str) -> list[CloudVm]:
+    """The VMs of a ``VM_POOL`` document whose user template says ``VAF_ELASTIC=<owner>``."""
+    from lxml import etree
+
+    vms = []
+    for vm in etree.fromstring(document.encode("utf-8")).iterfind("VM"):
+        if vm.findtext(f"USER_TEMPLATE/{OWNER_TAG}") != owner:
+            continue
+        vms.append(CloudVm(int(vm.findtext("ID")),
+                           vm.findtext(f"USER_TEMPLATE/{NODE_TAG}") or vm.findtext("NAME") or "",
+                           vm_state(int(vm.findtext("STATE")), int(vm.findtext("LCM_STATE"))),
+                           float(vm.findtext("STIME") or 0)))
+    return vms
