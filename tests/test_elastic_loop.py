@@ -59,8 +59,9 @@ def all_clean(loop):
 
 def test_grow_run_shrink_through_faults(loop):
     """Three jobs with a quota of three, while the API goes away, the daemon is killed and
-    restarted mid-burst and slurmctld stops for a while: every job runs, the quota holds, no
-    node ever gets two VMs, and everything is gone at the end."""
+    restarted mid-burst and slurmctld stops for a while: every job runs, the quota holds (a
+    fourth node is refused, then released for Slurm again once there is room), no node ever
+    gets two VMs, and everything is gone at the end."""
     watch = Watch(loop.api)
     watch.start()
     loop.start_daemon()
@@ -75,6 +76,10 @@ def test_grow_run_shrink_through_faults(loop):
     loop.start_daemon()
     loop.wait(lambda: all(loop.node_states()[f"w{i}"] == "allocated" for i in (1, 2, 3)),
               "three workers joined", 30)
+    # Slurm asks for a fourth: over the quota, so back to powered-down at once with the reason
+    loop.sh("scontrol", "update", "NodeName=w6", "State=POWER_UP")
+    loop.wait(lambda: "quota reached (3 VMs)" in loop.sh("sinfo", "-h", "-N", "-o", "%N %E"),
+              "quota refusal visible in Slurm", 30)
     loop.slurm.stop_slurmctld()
     time.sleep(2)
     loop.slurm.start_slurmctld()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import shlex
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -36,9 +37,29 @@ ResumeTimeout={resume_timeout}
 ResumeRate=0
 SuspendRate=0
 BatchStartTimeout=5
-SchedulerParameters=batch_sched_delay=0
 NodeName=w[1-{count}] NodeAddr=127.0.0.1 CPUs=1 State=CLOUD Feature=cloud Port=[{port}-{last}]
 """
+
+
+def free_ports(count: int) -> int:
+    """The first of ``count`` consecutive TCP ports free on 127.0.0.1 (one per slurmd: a
+    CLOUD node range takes a port range)."""
+    for _ in range(50):
+        first = free_port()
+        if first + count > 65535:
+            continue
+        if all(_free(port) for port in range(first + 1, first + count)):
+            return first
+    raise RuntimeError(f"no run of {count} free ports")
+
+
+def _free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("0.0.0.0", port))
+        except OSError:
+            return False
+        return True
 
 
 @dataclass
@@ -63,8 +84,7 @@ class Loop:
 
     def start(self) -> Loop:
         self.dir.chmod(0o755)
-        port = free_port()
-        # a run of free ports for the slurmds (free_port gives one; take the ones after it)
+        port = free_ports(self.workers)
         extra = POWER_SAVE.format(dir=self.dir, suspend_time=self.suspend_time,
                                   suspend_timeout=2, resume_timeout=self.resume_timeout,
                                   count=self.workers, port=port, last=port + self.workers - 1)

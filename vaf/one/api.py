@@ -164,10 +164,12 @@ def parse_pool(document: str, owner: str) -> list[CloudVm]:
 
     vms = []
     for vm in etree.fromstring(document.encode("utf-8")).iterfind("VM"):
-        if vm.findtext(f"USER_TEMPLATE/{OWNER_TAG}") != owner:
+        fields = {child.tag: child for child in vm}
+        user = {child.tag: child.text for child in fields["USER_TEMPLATE"]} \
+            if "USER_TEMPLATE" in fields else {}
+        if user.get(OWNER_TAG) != owner:
             continue
-        vms.append(CloudVm(int(vm.findtext("ID")),
-                           vm.findtext(f"USER_TEMPLATE/{NODE_TAG}") or vm.findtext("NAME") or "",
-                           vm_state(int(vm.findtext("STATE")), int(vm.findtext("LCM_STATE"))),
-                           float(vm.findtext("STIME") or 0)))
+        vms.append(CloudVm(int(fields["ID"].text), user.get(NODE_TAG) or fields["NAME"].text,
+                           vm_state(int(fields["STATE"].text), int(fields["LCM_STATE"].text)),
+                           float(fields["STIME"].text or 0)))
     return vms
