@@ -175,6 +175,16 @@ def test_stopping_waits_for_the_vm_then_releases_the_node():
     assert acts(decide(retried, settings())) == [("terminate", "w1", "stopping")]
 
 
+@pytest.mark.parametrize("state, node_state, expected", [
+    ("failed", "powering_up", "release"),  # never joined: give the node back now
+    ("failed", POWERED_DOWN, "release"),  # after ResumeTimeout Slurm left it DOWN
+    ("stopping", POWERED_DOWN, "record_"),  # suspended: Slurm powers it down itself
+    ("stopping", IDLE, "release")])
+def test_power_save_gives_nodes_back(state, node_state, expected):
+    world = World(NOW, [rec("w1", state, 2, 1)], [], [node("w1", node_state)], [])
+    assert acts(decide(world, ps())) == [(expected, "w1", "gone")]
+
+
 def test_duplicate_vm_for_a_name_is_terminated():
     world = World(NOW, [rec("w1", "booting", 1, 3)], [], [], [vm("w1", 3), vm("w1", 4)])
     decision = decide(world, settings())

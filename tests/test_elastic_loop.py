@@ -118,3 +118,7 @@ def test_broken_image_stops_asking_and_says_why(loop):
     nodes = loop.node_states()
     # held (drained) and powered down or on its way (~ ! %), not DOWN after ResumeTimeout
     assert nodes["w5"][:-1] == "drained" and nodes["w5"][-1] in "~!%", nodes
+    # the failed workers' nodes went back to powered-down at once, their jobs wait again
+    for name in ("w1", "w2"):
+        assert nodes[name][:-1] == "idle" and nodes[name][-1] in "~!%", nodes
+    assert all(line.endswith("PENDING") for line in loop.queue()), loop.queue()

@@ -204,7 +204,11 @@ class Daemon:
         queue mode: the node is deleted from the batch system."""
         if self.settings.mode == "power-save":
             self.batch.power_down(name, f"{REFUSED_PREFIX} VM gone")
-            self.batch.resume(name)
+            try:
+                self.batch.resume(name)  # clear DOWN (after ResumeTimeout) or our drain
+            except BatchFailed as err:
+                if "Invalid node state" not in err.reason:  # nothing to clear
+                    raise
         else:
             self.batch.remove_node(name)
 

@@ -451,11 +451,14 @@ def _finish(plan: _Plan, record: Record, nodes: dict[str, Node] | None, vm: Vm |
     if not (vm_gone or record.vm_id is None) or nodes is None:
         return
     node = nodes.get(record.name)
-    if node is not None and node.state not in (batch.POWERED_DOWN,) and not (
-            s.mode == "power-save" and node.state == batch.POWERING_UP):
-        plan.act(Release(record.name, GONE, record.reason))
-    else:
+    if node is None:
         plan.act(Record_(record.name, GONE, record.reason))
+    elif s.mode == "power-save" and record.state == STOPPING and node.state == batch.POWERED_DOWN:
+        plan.act(Record_(record.name, GONE, record.reason))  # Slurm powers it down itself
+    else:
+        # a failed worker's node may still be powering up (Slurm would wait ResumeTimeout,
+        # then mark it DOWN): give it back now, so its jobs go elsewhere at once
+        plan.act(Release(record.name, GONE, record.reason))
 
 
 def _waiting_cores(jobs: Sequence[Job], now: float, threshold: float) -> int:

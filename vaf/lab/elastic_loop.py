@@ -37,7 +37,7 @@ ResumeTimeout={resume_timeout}
 ResumeRate=0
 SuspendRate=0
 BatchStartTimeout=5
-NodeName=w[1-{count}] NodeAddr=127.0.0.1 CPUs=1 State=CLOUD Feature=cloud Port=[{port}-{last}]
+{slurm_extra}NodeName=w[1-{count}] NodeAddr=127.0.0.1 CPUs=1 State=CLOUD Feature=cloud Port=[{port}-{last}]
 """
 
 
@@ -70,6 +70,7 @@ class Loop:
     suspend_time: int = 3
     resume_timeout: int = 30
     settings: dict[str, str] = field(default_factory=dict)
+    slurm_extra: str = ""  # more slurm.conf lines (SchedulerParameters=...)
     dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="vaf-elastic-")))
 
     def __post_init__(self) -> None:
@@ -87,7 +88,8 @@ class Loop:
         port = free_ports(self.workers)
         extra = POWER_SAVE.format(dir=self.dir, suspend_time=self.suspend_time,
                                   suspend_timeout=2, resume_timeout=self.resume_timeout,
-                                  count=self.workers, port=port, last=port + self.workers - 1)
+                                  count=self.workers, port=port, last=port + self.workers - 1,
+                                  slurm_extra=self.slurm_extra)
         self.slurm = Slurm(extra_conf=extra)
         self._scripts()
         self.slurm.start()
