@@ -37,7 +37,8 @@ ResumeTimeout={resume_timeout}
 ResumeRate=0
 SuspendRate=0
 BatchStartTimeout=5
-{slurm_extra}NodeName=w[1-{count}] NodeAddr=127.0.0.1 CPUs=1 State=CLOUD Feature=cloud Port=[{port}-{last}]
+{slurm_extra}NodeName=w[1-{count}] NodeAddr=127.0.0.1 CPUs=1 State=CLOUD Feature=cloud \
+Port=[{port}-{last}]
 """
 
 
