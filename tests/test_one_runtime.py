@@ -151,8 +151,9 @@ def test_610_vnm_success_is_what_the_stream_logs(logs):
         log = DriverLog("vaf_isolation/post", vmid=11, stream=out)
         log.use("vnm", runtime)
         run_main(lambda lg: lg.info("isolated one-11-0"), log)
-    assert out_610.getvalue() == out_70.getvalue() == \
-        "INFO: 11 vaf_isolation/post: isolated one-11-0\n"
+    assert out_70.getvalue() == "INFO: 11 vaf_isolation/post: isolated one-11-0\n"
+    # the stream logs it with the VM's id: an id in the text would read "11 vaf_isolation..."
+    assert out_610.getvalue() == "INFO: vaf_isolation/post: isolated one-11-0\n"
 
 
 def test_610_vnm_failure_details_go_to_the_host_syslog(logs):
@@ -270,3 +271,58 @@ def test_no_string_literal_in_vaf_holds_non_ascii():
                 if not segment.isascii():
                     offenders.append(f"{path.relative_to(root.parent)}:{node.lineno}")
     assert offenders == []
+
+
+# --- a TM action through the runtime stand-in, both runtimes (no test hypervisor needed) ------
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def front_end(tmp_path, oned_runtime, oned_logs):
+    """A front-end remotes tree (the repo's, as installed) and oned's var dir."""
+    import shutil
+
+    remotes = tmp_path / "remotes"
+    shutil.copytree(REPO / "remotes", remotes, symlinks=False,
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    from vaf.lab import oned
+
+    oned.write_version_file(remotes)
+    oned_logs.configure(remotes)
+    (tmp_path / "var").mkdir()
+    return remotes
+
+
+def mkimage(front_end: Path, logs: OnedLogs, disk: dict, vmid: int = 7):
+    """MKIMAGE of a volatile disk whose template DISK is ``disk``; the reply as oned has it."""
+    from vaf.lab import oned
+    from vaf.lab.lvmsnap_env import ONEVM_STUB, vm_xml
+
+    work = front_end.parent
+    (work / "onevm.py").write_text(ONEVM_STUB)
+    (work / f"{vmid}.xml").write_text(vm_xml(vmid, [disk]), encoding="utf-8")
+    conf = front_end / "etc" / "tm" / "lvmsnap" / "lvmsnap.conf"
+    conf.write_text(f"ONEVM='{os.sys.executable} {work / 'onevm.py'} {work}'\n")
+    prolog = work / "var" / "transfer.0.prolog"
+    prolog.write_text(f"MKIMAGE lvmsnap 64 raw node1:/var/lib/one/datastores/100/{vmid}/disk.2"
+                      f" {vmid} 100\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("LANG", "LC_ALL")}
+    env["PATH"] = f"{Path(os.sys.executable).parent}:{env.get('PATH', '')}"
+    lines = oned.run_transfer_file(prolog, remotes=front_end, drivers="lvmsnap", action_id=vmid,
+                                   var_dir=work / "var", env=env)
+    logs.record_transfer(vmid, lines)
+    return oned.parse_reply(lines)
+
+
+def test_non_ascii_template_value_gives_a_clean_reply(front_end, oned_logs, oned_runtime):
+    """LANG unset: one non-ASCII byte on stderr would make the reply an internal error."""
+    reply = mkimage(front_end, oned_logs, {"DISK_ID": 2, "FS": "xfs\u00e9"})
+    assert reply.result == "FAILURE"
+    assert reply.reason.startswith("unsupported filesystem 'xfs\\xe9' for a volatile disk")
+    assert reply.reason.isascii() and "\n" not in reply.reason
+    error = f"Error executing image transfer script: {reply.reason}"
+    assert oned_logs.error(7) == error[:100] + "... see more details in VM log"
+    texts = oned_logs.vm_log_texts(7)
+    assert texts[0].startswith("Command execution failed (exit code: 1): ")
+    assert texts[1:] == [reply.reason, error]  # the MAD's dump of stderr, then oned's own line

@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import re
 import socket
+import threading
 import time
 from pathlib import Path
 from typing import NamedTuple
@@ -52,22 +53,38 @@ class SyslogReceiver:
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self._sock.bind(self.path)
         os.chmod(self.path, 0o666)
-        self._sock.setblocking(False)
+        self._sock.settimeout(0.1)
+        self._closed = False
         self._seen: list[str] = []
+        self._lock = threading.Lock()
+        # read all the time, as a syslog daemon does: a datagram socket's queue holds ~10
+        self._reader = threading.Thread(target=self._read, name="syslog", daemon=True)
+        self._reader.start()
 
-    def messages(self) -> list[str]:
-        """Every message received so far: ``<pri>stamp tag[pid]: text`` as sent."""
-        while True:
+    def _read(self) -> None:
+        while not self._closed:
             try:
-                self._seen.append(self._sock.recv(65536).decode("ascii", "replace"))
-            except BlockingIOError:
-                return list(self._seen)
+                data = self._sock.recv(65536)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            with self._lock:
+                self._seen.append(data.decode("ascii", "replace"))
+
+    def messages(self, settle: float = 0.2) -> list[str]:
+        """Every message received so far: ``<pri>stamp tag[pid]: text`` as sent."""
+        time.sleep(settle)  # datagrams already sent may still be in the socket's queue
+        with self._lock:
+            return list(self._seen)
 
     def texts(self) -> list[str]:
         """The part after ``tag[pid]: `` of each message."""
         return [message.split("]: ", 1)[1] for message in self.messages()]
 
     def close(self) -> None:
+        self._closed = True
+        self._reader.join()
         self._sock.close()
         if os.path.exists(self.path):
             os.unlink(self.path)

@@ -14,8 +14,9 @@ details where the admin reads them (a *channel*, chosen by :func:`channel_for`):
   the two writers' lines never mix); lines without a VM, or a VM log that is not a file
   (oned.conf ``LOG/SYSTEM`` syslog or std): to syslog, labelled as oned labels them;
 * VNM actions and their ``<action>.d`` programs (run on the host through the VMM's ssh stream,
-  which logs every stderr line of a success into the VM log): kept until the action ends, then
-  written to stderr on success and to the host's syslog on failure.
+  which logs every stderr line into the VM log, tag stripped, the rest of the line kept as the
+  text): kept until the action ends, then written to stderr without the VM id on success and
+  to the host's syslog on failure.
 
 Only ASCII reaches stderr: the MAD reads it in its locale (US-ASCII when LANG is unset), where
 one non-ASCII byte breaks the whole reply; anything else is written as ``\\xe9``/``\\u2026``.
@@ -49,6 +50,7 @@ _RANK = {"ERROR": 0, "WARN": 1, "INFO": 2, "DEBUG": 3}
 _SYSLOG_PRIORITY = {"ERROR": 3, "WARN": 4, "INFO": 6, "DEBUG": 7}
 _DAEMON = 3
 SYSLOG_TAG = "vaf"
+SYSLOG_TIMEOUT = 2.0
 
 
 def ascii_text(text: str) -> str:
@@ -123,6 +125,9 @@ class SyslogWriter:
 
         try:
             with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+                # a syslog daemon that stopped reading must not hang the driver (a datagram
+                # socket blocks once its queue is full)
+                sock.settimeout(SYSLOG_TIMEOUT)
                 sock.sendto(message.encode("ascii", "replace"), self.path)
         except OSError:
             pass  # no syslog here: stderr would glue the line into the reason, so drop it
@@ -176,7 +181,9 @@ class DeferredChannel(Channel):
         held, self._held = self._held, []
         for tag, vmid, text in held:
             if ok:
-                super().line(tag, vmid, text)
+                # The stream logs each line with the VM's id and keeps the text after the tag
+                # whole: a VM id written here would show up as part of the message.
+                super().line(tag, None, text)
             else:
                 self.syslog.write(tag, vmid, text)
 
