@@ -31,10 +31,10 @@ def test_progress_of_a_success_reaches_the_vm_log(env, version):  # noqa: F811
         reply = env.clone(image, vmid)
     assert reply.result == "SUCCESS", reply
     assert env.logs.error(vmid) is None
-    vaf_lines = [r for r in env.logs.vm_log(vmid) if r.text.startswith("lvmsnap/clone: ")]
-    assert [r.severity for r in vaf_lines if "cache from" in r.text] == ["I", "I"]
-    assert any(r.text.startswith(f"lvmsnap/clone: filling cache from {image} (8 MB)")
-               for r in vaf_lines)
+    progress = [r for r in env.logs.vm_log(vmid) if f"cache from {image}" in r.text]
+    assert {r.severity for r in progress} == {"I"}
+    assert progress[0].text == f"lvmsnap/clone: filling cache from {image} (8 MB)"
+    assert progress[-1].text.startswith(f"lvmsnap/clone: filled cache from {image} in ")
     if version == "6.10":
         assert reply.logs == []  # nothing through the MAD: vaf wrote the VM log itself
 
