@@ -31,6 +31,7 @@ from vaf.one.xml import VM, parse_xml  # noqa: E402
 
 BACKENDS = ("ebtables", "nft")
 VMS_PER_NETWORK = 10  # several clusters, as on a real host
+SERVICE_MAC = "02:00:0a:ff:ff:01"  # an extra authorized MAC, in the conf's allow-list
 
 
 def vm(index: int) -> VM:
@@ -38,7 +39,8 @@ def vm(index: int) -> VM:
     mac = f"02:00:0a:{network // 256:02x}:{network % 256:02x}:{host + 2:02x}"
     xml = (f"<VM><ID>{index}</ID><TEMPLATE><NIC><NIC_ID>0</NIC_ID><MAC>{mac}</MAC>"
            f"<TARGET>one-{index}-0</TARGET><IP>10.{network // 256}.{network % 256}.{host + 2}"
-           "</IP></NIC></TEMPLATE><USER_TEMPLATE><EXTRA_AUTHORIZED_MACS>02:00:0a:ff:ff:01"
+           "</IP></NIC></TEMPLATE><USER_TEMPLATE>"
+           f"<EXTRA_AUTHORIZED_MACS>{SERVICE_MAC}"
            "</EXTRA_AUTHORIZED_MACS></USER_TEMPLATE></VM>")
     return VM.from_element(parse_xml(xml))
 
@@ -52,7 +54,9 @@ def timed(action, machine: VM) -> float:
 def inner(backend: str, count: int) -> dict[str, float]:
     """Inside a fresh namespace: the four timings of one repetition."""
     with tempfile.TemporaryDirectory() as tmp:
-        settings = Settings.from_config(DriverConfig({"BACKEND": backend}), tmp)
+        settings = Settings.from_config(DriverConfig({
+            "BACKEND": backend, "LOCK_FILE": os.path.join(tmp, "lock"),
+            "ALLOWED_EXTRA_MACS": SERVICE_MAC}))
         isolation = Isolation(settings, Runner(), DriverLog("bench", stream=io.StringIO()))
         # Warm-up: the host's table, base chains and the binaries' pages exist before the
         # 1st VM, so 1st and 100th differ only by the VMs already isolated.

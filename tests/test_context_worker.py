@@ -11,8 +11,10 @@ from __future__ import annotations
 import base64
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -23,7 +25,7 @@ from vaf.host.runner import Runner
 
 REPO = Path(__file__).resolve().parent.parent
 KEY = b"-----BEGIN OPENSSH PRIVATE KEY-----\nabc\n-----END OPENSSH PRIVATE KEY-----\n"
-STUBBED = ("hostname", "blkid", "swapon", "mount", "systemctl", "curl", "ssh")
+STUBBED = ("hostname", "blkid", "swapon", "mount", "umount", "systemctl", "curl", "ssh")
 
 STUB = r'''#!{python}
 import json, os, sys
@@ -40,12 +42,22 @@ if name == "hostname":
     else: print(read("hostname", "debian"))
 elif name == "blkid":
     kind = args[-1].split("=", 1)[1].lower()
+    if kind == "context":
+        print("/dev/sr0" if os.path.isdir(os.path.join(state, "cd")) else "", end="")
+        sys.exit(0 if os.path.isdir(os.path.join(state, "cd")) else 2)
     out = read("blkid." + kind)
     print(out, end=""); sys.exit(0 if out else 2)
 elif name == "swapon":
     append(os.path.join(root, "proc/swaps"), args[0] + " partition 1048572 0 -2")
 elif name == "mount":
     append(os.path.join(root, "proc/mounts"), args[-2] + " " + args[-1] + " xfs rw 0 0")
+    if args[-2] == "/dev/sr0":  # the CONTEXT CD: its files appear under the mount point
+        import shutil; shutil.copytree(os.path.join(state, "cd"), args[-1], dirs_exist_ok=True)
+elif name == "umount":
+    mounts = os.path.join(root, "proc/mounts")
+    lines = [l for l in open(mounts).read().splitlines() if l.split()[1] != args[-1]]
+    open(mounts, "w").write("".join(l + "\n" for l in lines))
+    for entry in os.listdir(args[-1]): os.remove(os.path.join(args[-1], entry))
 elif name in ("ssh", "curl"):
     if read(name + ".sleep"):
         os.remove(os.path.join(state, name + ".sleep")); import time; time.sleep(30)
@@ -246,14 +258,30 @@ def test_main_refuses_a_hostile_context_before_running_anything(vm, tmp_path):
 
 
 def test_main_from_the_cd_when_no_agent_copy(vm, tmp_path):
+    """The CD is mounted in a root-only directory while it is read, unmounted before any
+    step runs (an old world-readable mount of it is taken down too)."""
     root, state = vm
-    cd = root / "run/vaf/context"
-    cd.mkdir(parents=True)
+    cd = state / "cd"
+    cd.mkdir()
     (cd / "context.sh").write_text(format_context(context(ONEGATE_TOKEN=None)))
     (cd / "token.txt").write_text("cdtoken\n")
+    old = root / "run/vaf/context"
+    old.mkdir(parents=True)
+    with open(root / "proc/mounts", "a") as mounts:
+        mounts.write(f"/dev/sr0 {old} iso9660 ro 0 0\n")
     observed: list = []
     assert main(["--root", str(root)], guarded_runner(observed)) == 0
     assert "X-ONEGATE-TOKEN: cdtoken" in (root / "run/vaf/onegate-headers").read_text()
+    mounted = [argv for argv in observed if argv[0] == "mount" and "/dev/sr0" in argv]
+    assert len(mounted) == 1
+    mount_point = Path(mounted[0][-1])
+    assert mount_point.parent == root / "run/vaf" and not mount_point.exists()
+    umounts = [argv[-1] for argv in observed if argv[0] == "umount"]
+    assert umounts == [str(old), str(mount_point)]
+    assert programs(observed).index("umount " + str(mount_point)) < programs(observed).index(
+        "hostname")
+    assert "sr0" not in (root / "proc/mounts").read_text()
+    assert (root / "run/vaf").stat().st_mode & 0o777 == 0o700
 
 
 def test_the_hook_runs_from_an_installed_image_tree_with_the_stdlib_only(vm, tmp_path):
@@ -276,3 +304,104 @@ def test_calls_reach_the_stubs_only(vm):
     worker(root, []).run_all()
     calls = [json.loads(line)[0] for line in (state / "calls.jsonl").read_text().splitlines()]
     assert set(calls) <= set(STUBBED)
+
+
+# -- secrets are root's -------------------------------------------------------------------
+
+def test_secrets_get_their_mode_whatever_the_umask_and_never_follow_a_trap(vm, tmp_path):
+    root, state = vm
+    w = worker(root, [], VAF_BATCH="slurm",
+               VAF_MUNGE_KEY_BASE64=base64.b64encode(b"m" * 32).decode())
+    bait = tmp_path / "bait"
+    bait.write_text("not yours\n")
+    (root / "run/vaf").mkdir(parents=True)
+    (root / "run/vaf/.join_key.vaf-tmp").symlink_to(bait)  # someone's trap
+    old_umask = os.umask(0)
+    try:
+        w.install_secrets()
+    finally:
+        os.umask(old_umask)
+    modes = {name: (root / name).stat().st_mode & 0o777
+             for name in ("run/vaf", "run/vaf/join_key", "run/vaf/onegate-headers",
+                          "etc/munge/munge.key")}
+    assert modes == {"run/vaf": 0o700, "run/vaf/join_key": 0o600,
+                     "run/vaf/onegate-headers": 0o600, "etc/munge/munge.key": 0o400}
+    assert (root / "run/vaf/join_key").read_bytes() == KEY
+    assert bait.read_text() == "not yours\n"
+
+
+PRIVATE_MOUNT_SCRIPT = r'''
+import json, os, subprocess, sys
+from pathlib import Path
+sys.path.insert(0, sys.argv[1])
+from vaf.guest.worker import Worker, open_context, settings_from_context
+from vaf.guest.context import read_context
+from vaf.host.runner import Runner
+root, device = Path(sys.argv[2]), sys.argv[3]
+def nobody_reads(path):
+    return subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                           "cat", str(path)], capture_output=True).returncode == 0
+seen = {}
+runner = Runner()
+with open_context(root, runner) as context:
+    seen["mounted"] = device in open("/proc/self/mounts").read()
+    seen["root reads the CD"] = "VAF_HEAD" in context.read_text()
+    seen["nobody reads the CD"] = nobody_reads(context)
+    settings = settings_from_context(read_context(str(context)), context.parent)
+Worker(settings, root, runner, log=lambda m: None).install_secrets()
+seen["mounted after"] = device in open("/proc/self/mounts").read()
+for name in ("run/vaf/join_key", "run/vaf/onegate-headers", "etc/munge/munge.key"):
+    seen[f"root reads {name}"] = (root / name).is_file()
+    seen[f"nobody reads {name}"] = nobody_reads(root / name)
+print(json.dumps(seen))
+'''
+
+
+def _loop_device_with_a_context_disk(tmp_path: Path, files: dict[str, str]) -> str | None:
+    """A real disk labelled CONTEXT, its files world-readable as on OpenNebula's ISO. This
+    kernel has no iso9660 driver: an ext4 image carries the same files and label."""
+    image = tmp_path / "context.img"
+    tree = tmp_path / "cd"
+    tree.mkdir()
+    for name, text in files.items():
+        (tree / name).write_text(text)
+        (tree / name).chmod(0o644)
+    made = subprocess.run(["mkfs.ext4", "-q", "-L", "CONTEXT", "-d", str(tree), str(image),
+                           "4M"], capture_output=True)
+    if made.returncode != 0:
+        return None
+    loop = subprocess.run(["losetup", "-f", "--show", str(image)], capture_output=True,
+                          text=True)
+    return loop.stdout.strip() if loop.returncode == 0 else None
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root (loop device, mount namespace)")
+def test_no_secret_is_readable_by_another_user_and_the_cd_is_unmounted(tmp_path):
+    """Real mount of a real CONTEXT disk in a private mount namespace; an unprivileged user
+    (nobody) tries to read the CD while it is mounted and every secret afterwards."""
+    ctx = context(VAF_BATCH="slurm", ONEGATE_TOKEN=None,
+                  VAF_MUNGE_KEY_BASE64=base64.b64encode(b"m" * 32).decode(),
+                  VAF_JOIN_KEY_BASE64=None, VAF_JOIN_KEY_FILE="join.key")
+    device = _loop_device_with_a_context_disk(tmp_path, {
+        "context.sh": format_context(ctx), "join.key": KEY.decode(), "token.txt": "t0ken\n"})
+    if device is None:
+        pytest.skip("no loop device or mkfs.ext4 here")
+    try:
+        root = Path(tempfile.mkdtemp(prefix="vaf-guest-root-"))  # traversable by nobody
+        root.chmod(0o755)
+        result = subprocess.run(
+            ["unshare", "--mount", "--propagation", "private", sys.executable, "-c",
+             PRIVATE_MOUNT_SCRIPT, str(REPO), str(root), device],
+            capture_output=True, text=True, check=False)
+        assert result.returncode == 0, result.stderr
+        seen = json.loads(result.stdout)
+    finally:
+        subprocess.run(["losetup", "-d", device], check=False)
+        shutil.rmtree(root, ignore_errors=True)
+    assert seen == {
+        "mounted": True, "root reads the CD": True, "nobody reads the CD": False,
+        "mounted after": False,
+        "root reads run/vaf/join_key": True, "nobody reads run/vaf/join_key": False,
+        "root reads run/vaf/onegate-headers": True,
+        "nobody reads run/vaf/onegate-headers": False,
+        "root reads etc/munge/munge.key": True, "nobody reads etc/munge/munge.key": False}

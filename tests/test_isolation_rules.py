@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from test_isolation import nic_xml, vm_xml
 
 from vaf.config import DriverConfig
-from vaf.drivers.isolation import ACTIONS, VNM_ACTIONS, Settings, port_policy, selected_nics
+from vaf.drivers.isolation import (
+    ACTIONS,
+    VNM_ACTIONS,
+    Settings,
+    extra_macs,
+    port_policy,
+    selected_nics,
+)
 from vaf.errors import ConfigError, ProtocolError
 from vaf.host import ebtables, nft
 from vaf.host.netfilter import MacRange, PortPolicy, parse_mac, parse_macs, taps_of_vm
@@ -78,21 +86,58 @@ def test_taps_of_vm_match_exactly():
 
 def test_ebtables_first_apply_creates_dispatch_chain_and_jumps():
     lines = ebtables.apply_batch([POLICY], None).splitlines()
+    fp = f"-s {ebtables.port_fingerprint(POLICY)} -j CONTINUE"
+    icmpv6 = "-p IPv6 --ip6-proto ipv6-icmp --ip6-icmp-type"
     assert lines == [
         "*filter",
         "-N VAF -P RETURN", "-I FORWARD 1 -j VAF", "-I INPUT 1 -j VAF",
         "-N VAF-O-one-7-0 -P RETURN",
+        f"-A VAF-O-one-7-0 {fp}",
+        "-A VAF-O-one-7-0 -p 802_1Q -j DROP",
+        "-A VAF-O-one-7-0 -p 0x88a8 -j DROP",
         "-A VAF-O-one-7-0 -s ! 02:00:0a:00:01:05 -j DROP",
         "-A VAF-O-one-7-0 -p ARP --arp-mac-src ! 02:00:0a:00:01:05 -j DROP",
         "-A VAF-O-one-7-0 -p ARP --arp-ip-src 10.0.1.5 -j RETURN",
         "-A VAF-O-one-7-0 -p ARP --arp-ip-src 0.0.0.0 -j RETURN",
         "-A VAF-O-one-7-0 -p ARP -j DROP",
+        f"-A VAF-O-one-7-0 {icmpv6} router-advertisement -j DROP",
+        f"-A VAF-O-one-7-0 {icmpv6} redirect -j DROP",
+        f"-A VAF-O-one-7-0 {icmpv6} router-solicitation -j DROP",
+        f"-A VAF-O-one-7-0 {icmpv6} neighbour-solicitation -j DROP",
+        f"-A VAF-O-one-7-0 {icmpv6} neighbour-advertisement -j DROP",
         "-N VAF-I-one-7-0 -P RETURN",
+        f"-A VAF-I-one-7-0 {fp}",
         "-A VAF-I-one-7-0 -s 02:00:0a:00:01:00/ff:ff:ff:ff:ff:00 -j RETURN",
         "-A VAF-I-one-7-0 -s 02:00:0a:00:09:09 -j RETURN",
         "-A VAF-I-one-7-0 -j DROP",
         "-A VAF -i one-7-0 -j VAF-O-one-7-0",
         "-A VAF -o one-7-0 -j VAF-I-one-7-0"]
+
+
+def test_ebtables_blocked_port_drops_everything():
+    lines = ebtables.apply_batch([PortPolicy.blocking("one-7-0")], set()).splitlines()
+    assert [line for line in lines if "CONTINUE" not in line] == [
+        "*filter", "-N VAF-O-one-7-0 -P RETURN", "-A VAF-O-one-7-0 -j DROP",
+        "-N VAF-I-one-7-0 -P RETURN", "-A VAF-I-one-7-0 -j DROP",
+        "-A VAF -i one-7-0 -j VAF-O-one-7-0", "-A VAF -o one-7-0 -j VAF-I-one-7-0"]
+
+
+@pytest.mark.parametrize("change", [
+    {"extra_macs": ()}, {"extra_macs": ("02:00:0a:00:09:0a",)}, {"ip": None},
+    {"ip": "10.0.1.6"}, {"mac": "02:00:0a:00:01:06"}, {"blocked": True}])
+def test_ebtables_fingerprint_changes_with_any_rule(change):
+    assert ebtables.port_fingerprint(replace(POLICY, **change)) != \
+        ebtables.port_fingerprint(POLICY)
+
+
+@pytest.mark.parametrize("listing, found", [
+    ("Bridge chain: VAF-O-one-7-0, entries: 2, policy: RETURN\n-s a:b:c:d:e:f -j CONTINUE \n"
+     "-s ! 2:0:a:0:1:5 -j DROP\n", "0a:0b:0c:0d:0e:0f"),
+    ("Bridge chain: VAF-O-one-7-0, entries: 1, policy: RETURN\n-s ! 2:0:a:0:1:5 -j DROP\n",
+     None),  # rules of an older vaf: rewritten once
+])
+def test_ebtables_installed_fingerprint(listing, found):
+    assert ebtables.installed_fingerprint(listing) == found
 
 
 @pytest.mark.parametrize("isolated, creates", [
@@ -147,43 +192,79 @@ def test_nft_port_elements():
     assert [(e.target, e.text) for e in nft.port_elements(POLICY)] == [
         ("ports", '"one-7-0"'),
         ("own_mac", '"one-7-0" . 02:00:0a:00:01:05'),
+        ("own_lla", f'"one-7-0" . {0x02000a000105}'),
         ("extra", '"one-7-0" . 02:00:0a:00:09:09'),
         ("ip_ports", '"one-7-0"'),
         ("own_ip", '"one-7-0" . 10.0.1.5'),
         ("own_ip", '"one-7-0" . 0.0.0.0'),
-        ("in_ports", '"one-7-0" : jump net_p02000a0001')]
+        ("in_ports", '"one-7-0" : jump net_p02000a0001'),
+        ("digests", f'"one-7-0" : {nft.port_digest(POLICY)}')]
+    assert [(e.target, e.text) for e in nft.port_elements(replace(POLICY, tagged=True))
+            if e.target == "tagged_ports"] == [("tagged_ports", '"one-7-0"')]
+    blocked = PortPolicy.blocking("one-7-0")
+    assert [(e.target, e.text) for e in nft.port_elements(blocked)] == [
+        ("blocked", '"one-7-0"'), ("digests", f'"one-7-0" : {nft.port_digest(blocked)}')]
 
 
-def test_nft_apply_script_adds_only_elements_for_the_vm():
-    lines = nft.Script().apply([POLICY], {}).splitlines()
+@pytest.mark.parametrize("change", [
+    {"extra_macs": ()}, {"ip": None}, {"mac": "02:00:0a:00:01:06"}, {"tagged": True},
+    {"network": "n3"}, {"blocked": True}])
+def test_nft_port_digest_changes_with_any_element(change):
+    assert nft.port_digest(replace(POLICY, **change)) != nft.port_digest(POLICY)
+
+
+def test_nft_first_apply_builds_the_table_and_adds_only_elements_for_the_vm():
+    lines = nft.Script().apply([POLICY], None).splitlines()
     assert f"add element {T} net_p02000a0001 {{ 02:00:0a:00:01:00-02:00:0a:00:01:ff }}" in lines
-    assert f"add rule {T} net_p02000a0001 oifname . ether saddr @extra return" in lines
     assert f'add element {T} in_ports {{ "one-7-0" : jump net_p02000a0001 }}' in lines
+    assert f'add element {T} digests {{ ":base" : {nft.base_digest()} }}' in lines
+    network = nft.network_digest(POLICY.network, POLICY.ranges)
+    assert f'add element {T} digests {{ ":p02000a0001" : {network} }}' in lines
     # nothing per VM but elements: no chain, set or rule named after the tap
     assert not [line for line in lines if "one-7-0" in line
                 and not line.startswith(f"add element {T} ")]
 
 
+def kernel_with(policy: PortPolicy) -> nft.Table:
+    """The table as the kernel lists it after ``policy`` was applied."""
+    return nft.Table(by_tap={policy.tap: nft.port_elements(policy)},
+                     digests={":base": nft.base_digest(), policy.tap: nft.port_digest(policy),
+                              f":{policy.network}": nft.network_digest(policy.network,
+                                                                       policy.ranges)})
+
+
+def test_nft_reapplying_the_same_policy_is_an_empty_transaction():
+    assert nft.Script().apply([POLICY], kernel_with(POLICY)) == ""
+
+
+def test_nft_revoking_an_extra_mac_deletes_exactly_that_element():
+    revoked = replace(POLICY, extra_macs=())
+    assert nft.Script().apply([revoked], kernel_with(POLICY)).splitlines() == [
+        f'delete element {T} digests {{ "one-7-0" }}',
+        f'delete element {T} extra {{ "one-7-0" . 02:00:0a:00:09:09 }}',
+        f'add element {T} digests {{ "one-7-0" : {nft.port_digest(revoked)} }}']
+
+
+def test_nft_upgrade_marks_taps_of_an_older_vaf_for_a_whole_read():
+    older = nft.Table(by_tap={"one-8-0": [nft.Element("ports", '"one-8-0"')]})
+    lines = nft.Script().apply([POLICY], older).splitlines()
+    assert f'add element {T} digests {{ "one-8-0" : {nft.UNKNOWN} }}' in lines
+
+
+def test_nft_moving_to_another_network_replaces_the_map_entry():
+    other = replace(POLICY, network="n3", ranges=(MacRange.parse("02:00:0b:00:00:00"),))
+    lines = nft.Script().apply([other], kernel_with(POLICY)).splitlines()
+    assert lines.index(f'delete element {T} in_ports {{ "one-7-0" }}') < \
+        lines.index(f'add element {T} in_ports {{ "one-7-0" : jump net_n3 }}')
+    assert f"add chain {T} net_n3" in lines
+
+
 def test_nft_script_size_does_not_depend_on_other_vms():
     other = PortPolicy("one-8-0", "02:00:0a:00:01:06", "10.0.1.6", POLICY.network,
                        POLICY.ranges, POLICY.extra_macs)
-    assert len(nft.Script().apply([POLICY], {}).splitlines()) == len(
-        nft.Script().apply([other], {}).splitlines())
-
-
-def test_nft_replace_adds_before_deleting_and_deletes_map_keys_only():
-    old = nft.port_elements(POLICY)
-    lines = nft.Script().replace(old, [])
-    assert lines[0] == f"add chain {T} net_p02000a0001"  # the old jump target must exist
-    add = f'add element {T} in_ports {{ "one-7-0" : jump net_p02000a0001 }}'
-    delete = f'delete element {T} in_ports {{ "one-7-0" }}'
-    assert lines.index(add) < lines.index(delete)
-    assert f'delete element {T} own_mac {{ "one-7-0" . 02:00:0a:00:01:05 }}' in lines
-
-
-def test_nft_element_state_lines_round_trip():
-    for element in nft.port_elements(POLICY):
-        assert nft.Element.from_line(element.line()) == element
+    assert len(nft.Script().apply([POLICY], None).splitlines()) == len(
+        nft.Script().apply([other], kernel_with(POLICY)).splitlines()) + len(
+        nft.Script().base()) + len(nft.Script().network(POLICY.network, POLICY.ranges))
 
 
 def test_nft_table_listing_is_parsed_per_tap():
@@ -191,39 +272,86 @@ def test_nft_table_listing_is_parsed_per_tap():
         {"metainfo": {}},
         {"set": {"name": "ports", "elem": ["one-7-0", "one-8-0"]}},
         {"set": {"name": "own_mac", "elem": [{"concat": ["one-7-0", "02:00:0a:00:01:05"]}]}},
+        {"set": {"name": "own_lla", "elem": [{"concat": ["one-7-0", 2199191027973]}]}},
         {"set": {"name": "net_pa", "elem": [{"range": ["02:00:0a:00:01:00",
                                                        "02:00:0a:00:01:ff"]}]}},
         {"set": {"name": "net_pb"}},
         {"map": {"name": "in_ports",
                  "elem": [["one-7-0", {"jump": {"target": "net_pa"}}]]}},
-        {"chain": {"name": "net_pa"}}]})
-    by_tap, defined, used = nft.parse_table(listing)
-    assert sorted(by_tap["one-7-0"]) == sorted([
+        {"chain": {"name": "net_pa"}},
+        {"map": {"name": "digests", "elem": [[":base", "02:00:00:00:00:01"],
+                                             ["one-8-0", "02:00:00:00:00:02"]]}}]})
+    table = nft.parse_table(listing)
+    assert sorted(table.by_tap["one-7-0"]) == sorted([
         nft.Element("ports", '"one-7-0"'),
         nft.Element("own_mac", '"one-7-0" . 02:00:0a:00:01:05'),
+        nft.Element("own_lla", '"one-7-0" . 2199191027973'),
         nft.Element("in_ports", '"one-7-0" : jump net_pa')])
-    assert by_tap["one-8-0"] == [nft.Element("ports", '"one-8-0"')]
-    assert (defined, used) == ({"pa", "pb"}, {"pa"})
+    assert table.by_tap["one-8-0"] == [nft.Element("ports", '"one-8-0"'),
+                                       nft.Element("digests", '"one-8-0" : 02:00:00:00:00:02')]
+    assert (table.defined, table.used) == ({"pa", "pb"}, {"pa"})
+    assert table.digests == {":base": "02:00:00:00:00:01", "one-8-0": "02:00:00:00:00:02"}
 
 
 # -- policies from the VM template ---------------------------------------------------------------
 
 def settings(**values) -> Settings:
-    return Settings.from_config(DriverConfig(values, "test.conf"), "/var/tmp/one")
+    return Settings.from_config(DriverConfig(values, "test.conf"))
 
 
 def vm(xml: str) -> VM:
     return VM.from_element(parse_xml(xml))
 
 
-def test_policy_defaults_to_the_mac_prefix_and_merges_extra_macs():
+SERVICES = "02:00:0a:00:09:09 02:00:0a:00:09:0a"
+
+
+def test_policy_defaults_to_the_mac_prefix_and_merges_allowed_extra_macs():
     nic = nic_xml(0, "02:00:0A:00:01:05", "one-7-0", "10.0.1.5",
                   extra="02:00:0a:00:09:0a,02:00:0a:00:09:09")
     machine = vm(vm_xml(7, [nic], user_extra="02:00:0a:00:09:09"))
-    policy = port_policy(machine, machine.nics[0], settings())
+    policy = port_policy(machine, machine.nics[0], settings(ALLOWED_EXTRA_MACS=SERVICES))
     assert policy == PortPolicy("one-7-0", "02:00:0a:00:01:05", "10.0.1.5", "p02000a0001",
                                 (MacRange.prefix_of("02:00:0a:00:01:05"),),
                                 ("02:00:0a:00:09:09", "02:00:0a:00:09:0a"))
+
+
+@pytest.mark.parametrize("conf, nic_extra, user_extra, result", [
+    # the admin's line for the network: every NIC of it, no template needed
+    ({"NETWORK_EXTRA_MACS_0": "02:00:0a:00:09:09"}, None, None, ("02:00:0a:00:09:09",)),
+    ({"NETWORK_EXTRA_MACS_5": "02:00:0a:00:09:09"}, None, None, ()),  # another network
+    # a template may name only allowed MACs, in the VM or in a NIC
+    ({"ALLOWED_EXTRA_MACS": SERVICES}, None, "02:00:0a:00:09:0a", ("02:00:0a:00:09:0a",)),
+    ({"ALLOWED_EXTRA_MACS": SERVICES}, "02:00:0a:00:02:05", None, "does not list"),
+    ({}, None, "02:00:0a:00:09:09", "names 02:00:0a:00:09:09, which the admin"),
+    # NIC attributes are trusted only when the admin restricted them (TRUST_NIC_EXTRA_MACS)
+    ({"TRUST_NIC_EXTRA_MACS": "YES"}, "02:00:0a:00:02:05", None, ("02:00:0a:00:02:05",)),
+    ({"TRUST_NIC_EXTRA_MACS": "YES"}, None, "02:00:0a:00:02:05", "does not list"),
+])
+def test_extra_macs_come_from_trusted_places(conf, nic_extra, user_extra, result):
+    nic = nic_xml(0, "02:00:0a:00:01:05", "one-7-0", extra=nic_extra)
+    machine = vm(vm_xml(7, [nic], user_extra=user_extra))
+    if isinstance(result, tuple):
+        assert extra_macs(machine, machine.nics[0], settings(**conf)) == result
+    else:
+        with pytest.raises(ProtocolError, match=result):
+            extra_macs(machine, machine.nics[0], settings(**conf))
+
+
+@pytest.mark.parametrize("patterns, tap, owner", [
+    ((), "one-7-0", (7, 0)), ((), "one-7-12", (7, 12)), ((), "one-07-0", None),
+    ((), "one-7-0x", None), ((), "vaf7n0", None),
+    (("vaf{vmid}n{nic}",), "vaf7n0", (7, 0)), (("vaf{vmid}n{nic}",), "one-7-0", (7, 0)),
+    (("n{nic}-{vmid}",), "n3-7", (7, 3)),
+])
+def test_tap_names_say_whose_tap_it_is(patterns, tap, owner):
+    assert settings(TAP_PATTERNS=" ".join(patterns)).tap_names.owner(tap) == owner
+
+
+@pytest.mark.parametrize("pattern", ["vaf{vmid}", "x{nic}", "{vmid}{nic}{vmid}", "a+{vmid}{nic}"])
+def test_tap_patterns_must_name_vm_and_nic(pattern):
+    with pytest.raises(ConfigError, match="TAP_PATTERNS"):
+        settings(TAP_PATTERNS=pattern)
 
 
 def test_policy_uses_configured_ranges_of_its_network():
@@ -240,6 +368,10 @@ def test_policy_uses_configured_ranges_of_its_network():
     ({"NETWORK_MAC_RANGES_1": "02:00:0a"}, "is not a MAC address"),
     ({"NETWORK_MAC_RANGES_1": ""}, "lists no MAC range"),
     ({"BACKEND": "iptables"}, "must be one of ebtables, nft"),
+    ({"TAGGED_NETWORKS": "3"}, "need BACKEND=nft"),
+    ({"TAGGED_NETWORKS": "x", "BACKEND": "nft"}, "expected virtual network ids"),
+    ({"ALLOWED_EXTRA_MACS": "02:00"}, "is not a MAC address"),
+    ({"NETWORK_EXTRA_MACS_x": "02:00:0a:00:09:09"}, "expected NETWORK_EXTRA_MACS_"),
 ])
 def test_bad_conf(values, message):
     with pytest.raises(ConfigError, match=message):
@@ -253,6 +385,8 @@ def test_bad_conf(values, message):
     (nic_xml(0, "02:00:0a:00:01:05", "averyveryverylongtap"), "is not a usable interface"),
     (nic_xml(0, "02:00:0a:00:01:05", "one-7-0", "10.0.1"), "is not an IPv4 address"),
     (nic_xml(0, "02:00:0a:00:01:05", "one-7-0", extra="x"), "EXTRA_AUTHORIZED_MACS item"),
+    (nic_xml(0, "02:00:0a:00:01:05", "one-8-0"), "TARGET one-8-0 is not this NIC's tap name"),
+    (nic_xml(0, "02:00:0a:00:01:05", "one-7-1"), "is not this NIC's tap name \\(one-7-0"),
 ])
 def test_bad_nic(nic, message):
     machine = vm(vm_xml(7, [nic]))

@@ -33,7 +33,7 @@ pytestmark = [pytest.mark.testbed, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[1]
 DEST = "/var/tmp/vaf-isolation-test"
 LEGACY_CONF = ("BACKEND=ebtables\nEBTABLES=ebtables-legacy\n"
-               "EBTABLES_RESTORE=ebtables-legacy-restore\n")
+               f"EBTABLES_RESTORE=ebtables-legacy-restore\nALLOWED_EXTRA_MACS={SVC.mac}\n")
 
 
 def stage_remotes(stage: Path) -> None:
@@ -68,8 +68,10 @@ def legacy(testbed, tmp_path) -> Remotes:
 def test_isolation_with_ebtables_legacy(legacy):
     lab = legacy.lab
     legacy.isolate(*VMS)
-    legacy.isolate(A1)  # twice: nothing changes
+    before = legacy.ruleset()
+    legacy.isolate(A1)  # twice: nothing changes, not even the counters
     rules = legacy.ruleset()
+    assert rules == before
     assert rules.count(f"-i {A1.tap} -j VAF-O-{A1.tap}") == 1
     assert "VAF" not in lab.run(lab.host, ["ebtables-nft", "-L"], check=False).stdout
     assert reachability(lab, [(A1, A2), (A1, SVC), (A1, B1), (B1, SVC)]) == {

@@ -17,6 +17,7 @@ SUBCOMMANDS: dict[str, str] = {
     "cpu": "vaf.drivers.cpu_cli:cpu",
     "login-server": "vaf.login.cli:login_server",
     "login": "vaf.login.cli:login",
+    "elastic": "vaf.elastic.cli:elastic",
 }
 
 

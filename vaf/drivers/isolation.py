@@ -7,10 +7,12 @@ Two ways OpenNebula can run the same code on the hypervisor:
 * the network driver ``remotes/vnm/vaf_isolation/`` (``post`` applies, ``clean`` cleans; stdin
   is the base64 VM XML), a drop-in for the ebtables VN_MAD removed in OpenNebula 7.0.
 
-For each NIC (tap = ``NIC/TARGET``): frames reach the VM only from its network's MAC ranges
-and from its extra authorized MACs; the VM may only send with its own source MAC and ARP
-sender MAC (and ARP sender IP, when the NIC has one). Everything is validated before any rule
-is touched. See ``docs/isolation.md`` for the attributes and the conf file.
+For each NIC (tap = ``NIC/TARGET``, which must be the NIC's own tap name): frames reach the
+VM only from its network's MAC ranges and from its extra authorized MACs; the VM may only send
+untagged frames (unless its network carries tags) with its own source MAC, ARP sender MAC
+(and IP, when the NIC has one) and neighbour discovery link-layer address, and no router
+messages. Everything is validated before any rule is touched. What each template attribute
+is trusted for is in ``docs/isolation.md``.
 """
 
 from __future__ import annotations
@@ -18,14 +20,16 @@ from __future__ import annotations
 import ipaddress
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from vaf.config import DriverConfig
-from vaf.errors import ConfigError, ProtocolError
+from vaf.errors import ConfigError, ProtocolError, VafError
 from vaf.host.ebtables import EbtablesBackend
 from vaf.host.netfilter import (
+    DEFAULT_TAP_PATTERN,
     MacRange,
     PortPolicy,
+    TapNames,
     check_tap,
     host_lock,
     interfaces,
@@ -40,13 +44,18 @@ from vaf.one.dispatch import Invocation
 from vaf.one.log import DriverLog
 from vaf.one.xml import VM, Nic
 
-#: extra authorized source MACs: in a NIC=[...] for that NIC, in the VM template for all NICs
+#: extra authorized source MACs a template may ask for (VM-wide, or in one NIC=[...])
 EXTRA_MACS = "EXTRA_AUTHORIZED_MACS"
-#: conf key prefix: NETWORK_MAC_RANGES_<network id>="first-last first-last ..."
+#: conf key prefixes, suffixed by a virtual network id (NIC/NETWORK_ID)
 RANGES_PREFIX = "NETWORK_MAC_RANGES_"
+NETWORK_EXTRA_PREFIX = "NETWORK_EXTRA_MACS_"
 BACKENDS = ("ebtables", "nft")
+#: vaf's lock, outside the remotes tree (``onehost sync`` mirrors that with --delete)
 LOCK_NAME = ".vaf-isolation.lock"
-STATE_NAME = ".vaf-isolation"
+
+
+def default_lock_file() -> str:
+    return os.path.join(os.path.expanduser("~"), LOCK_NAME)
 
 
 @dataclass(frozen=True)
@@ -54,44 +63,76 @@ class Settings:
     backend: str
     network_ranges: dict[int, tuple[MacRange, ...]]
     vn_mads: tuple[str, ...]  # hook only: NICs it isolates (empty: every NIC)
-    lock_file: str
-    state_dir: str
+    lock_file: str = field(default_factory=default_lock_file)
+    #: every NIC of network <id> gets these (admin-written: trusted)
+    network_extra_macs: dict[int, tuple[str, ...]] = field(default_factory=dict)
+    #: the only MACs a VM template may name as extra authorized MACs
+    allowed_extra_macs: tuple[str, ...] = ()
+    #: NIC/EXTRA_AUTHORIZED_MACS comes only from the virtual network (INHERIT_VNET_ATTR) or
+    #: oneadmin (VM_RESTRICTED_ATTR): the admin says so with TRUST_NIC_EXTRA_MACS=YES
+    trust_nic_extra_macs: bool = False
+    tagged_networks: frozenset[int] = frozenset()  # networks meant to carry 802.1Q tags
+    tap_names: TapNames = TapNames()
     ebtables: str = "ebtables"
     ebtables_restore: str = "ebtables-restore"
     nft: str = "nft"
     nft_table: str = "vaf_isolation"
 
     @classmethod
-    def from_config(cls, config: DriverConfig, remotes: str) -> Settings:
-        return cls(backend=config.choice("BACKEND", "ebtables", BACKENDS),
-                   network_ranges=_network_ranges(config),
-                   vn_mads=config.list("VN_MADS"),
-                   lock_file=config.str("LOCK_FILE", os.path.join(remotes, LOCK_NAME)),
-                   state_dir=config.str("STATE_DIR", os.path.join(remotes, STATE_NAME)),
-                   ebtables=config.str("EBTABLES", "ebtables"),
-                   ebtables_restore=config.str("EBTABLES_RESTORE", "ebtables-restore"),
-                   nft=config.str("NFT", "nft"),
-                   nft_table=config.str("NFT_TABLE", "vaf_isolation"))
+    def from_config(cls, config: DriverConfig) -> Settings:
+        where = f"ALLOWED_EXTRA_MACS in {config.source}"
+        settings = cls(
+            backend=config.choice("BACKEND", "ebtables", BACKENDS),
+            network_ranges=_per_network(config, RANGES_PREFIX, parse_ranges),
+            vn_mads=config.list("VN_MADS"),
+            lock_file=config.str("LOCK_FILE", default_lock_file()),
+            network_extra_macs=_per_network(config, NETWORK_EXTRA_PREFIX, parse_macs),
+            allowed_extra_macs=_conf_macs(config.str("ALLOWED_EXTRA_MACS", ""), where),
+            trust_nic_extra_macs=config.bool("TRUST_NIC_EXTRA_MACS", False),
+            tagged_networks=frozenset(_network_ids(config, "TAGGED_NETWORKS")),
+            tap_names=TapNames((DEFAULT_TAP_PATTERN, *config.list("TAP_PATTERNS"))),
+            ebtables=config.str("EBTABLES", "ebtables"),
+            ebtables_restore=config.str("EBTABLES_RESTORE", "ebtables-restore"),
+            nft=config.str("NFT", "nft"),
+            nft_table=config.str("NFT_TABLE", "vaf_isolation"))
+        if settings.tagged_networks and settings.backend != "nft":
+            raise ConfigError(f"TAGGED_NETWORKS in {config.source}: networks carrying 802.1Q "
+                              "tags need BACKEND=nft (ebtables cannot check tagged ARP)")
+        return settings
 
     def backend_for(self, runner: Runner) -> EbtablesBackend | NftBackend:
         if self.backend == "nft":
-            return NftBackend(runner, self.nft, self.nft_table, self.state_dir)
+            return NftBackend(runner, self.nft, self.nft_table)
         return EbtablesBackend(runner, self.ebtables, self.ebtables_restore)
 
 
-def _network_ranges(config: DriverConfig) -> dict[int, tuple[MacRange, ...]]:
-    ranges = {}
+def _conf_macs(text: str, what: str) -> tuple[str, ...]:
+    try:
+        return parse_macs(text, what)
+    except ProtocolError as err:
+        raise ConfigError(err.reason) from None
+
+
+def _per_network(config: DriverConfig, prefix: str, parse) -> dict[int, tuple]:
+    values = {}
     for key, value in config.values.items():
-        if not key.startswith(RANGES_PREFIX):
+        if not key.startswith(prefix):
             continue
-        suffix = key[len(RANGES_PREFIX):]
+        suffix = key[len(prefix):]
         if not suffix.isdigit():
-            raise ConfigError(f"{key} in {config.source}: expected {RANGES_PREFIX}<network id>")
+            raise ConfigError(f"{key} in {config.source}: expected {prefix}<network id>")
         try:
-            ranges[int(suffix)] = parse_ranges(value, f"{key} in {config.source}")
+            values[int(suffix)] = parse(value, f"{key} in {config.source}")
         except ProtocolError as err:
             raise ConfigError(err.reason) from None
-    return ranges
+    return values
+
+
+def _network_ids(config: DriverConfig, key: str) -> list[int]:
+    items = config.list(key)
+    if not all(item.isdigit() for item in items):
+        raise ConfigError(f"{key} in {config.source}: expected virtual network ids")
+    return [int(item) for item in items]
 
 
 def network_of(nic: Nic, mac: str, settings: Settings) -> tuple[str, tuple[MacRange, ...]]:
@@ -102,20 +143,50 @@ def network_of(nic: Nic, mac: str, settings: Settings) -> tuple[str, tuple[MacRa
     return f"p{prefix.first >> 8:010x}", (prefix,)
 
 
-def port_policy(vm: VM, nic: Nic, settings: Settings) -> PortPolicy:
+def own_tap(vm: VM, nic: Nic, settings: Settings) -> str:
+    """The NIC's tap: its TARGET, which must be a name of this very NIC (``one-<vmid>-<nic>``
+    or an admin's pattern), so that no template can point vaf at another VM's port."""
     where = f"VM {vm.vm_id} NIC {nic.nic_id}"
     if not nic.target:
         raise ProtocolError(f"{where} has no TARGET (tap device): cannot isolate it")
     tap = check_tap(nic.target, f"{where}: TARGET")
+    if settings.tap_names.owner(tap) != (vm.vm_id, nic.nic_id):
+        expected = default_tap(vm, nic)
+        raise ProtocolError(f"{where}: TARGET {tap} is not this NIC's tap name ({expected}, "
+                            "or TAP_PATTERNS in the conf): refusing to touch it")
+    return tap
+
+
+def default_tap(vm: VM, nic: Nic) -> str:
+    return DEFAULT_TAP_PATTERN.format(vmid=vm.vm_id, nic=nic.nic_id)
+
+
+def extra_macs(vm: VM, nic: Nic, settings: Settings) -> tuple[str, ...]:
+    """The NIC's extra authorized MACs: the admin's, and those a template asks for when the
+    admin's allow-list has them (a template is written by a cloud user)."""
+    where = f"VM {vm.vm_id} NIC {nic.nic_id}"
+    trusted = list(settings.network_extra_macs.get(nic.network_id, ()))
+    requested = list(parse_macs(vm.attribute(EXTRA_MACS), f"VM {vm.vm_id}: {EXTRA_MACS} item"))
+    from_nic = parse_macs(nic.attrs.get(EXTRA_MACS), f"{where}: {EXTRA_MACS} item")
+    (trusted if settings.trust_nic_extra_macs else requested).extend(from_nic)
+    refused = [mac for mac in requested if mac not in settings.allowed_extra_macs]
+    if refused:
+        raise ProtocolError(f"{where}: {EXTRA_MACS} names {', '.join(refused)}, which the "
+                            "admin's ALLOWED_EXTRA_MACS does not list")
+    return tuple(dict.fromkeys(trusted + requested))
+
+
+def port_policy(vm: VM, nic: Nic, settings: Settings) -> PortPolicy:
+    where = f"VM {vm.vm_id} NIC {nic.nic_id}"
+    tap = own_tap(vm, nic, settings)
     mac = normalize_mac(nic.mac or "", f"{where}: MAC")
     key, ranges = network_of(nic, mac, settings)
-    extra = parse_macs(vm.attribute(EXTRA_MACS), f"VM {vm.vm_id}: {EXTRA_MACS} item")
-    extra += parse_macs(nic.attrs.get(EXTRA_MACS), f"{where}: {EXTRA_MACS} item")
     ip = nic.ip or None
     if ip is not None:
         _check_ipv4(ip, where)
     return PortPolicy(tap=tap, mac=mac, ip=ip, network=key, ranges=ranges,
-                      extra_macs=tuple(dict.fromkeys(extra)))
+                      extra_macs=extra_macs(vm, nic, settings),
+                      tagged=nic.network_id in settings.tagged_networks)
 
 
 def _check_ipv4(ip: str, where: str) -> None:
@@ -159,24 +230,72 @@ class Isolation:
                           f"{len(policy.extra_macs)} extra MACs) with {self.backend.name}")
         return 0
 
-    def clean(self, vm: VM, nics: Sequence[Nic]) -> int:
-        """Remove the rules of the VM's taps: its TARGETs, and ``one-<vmid>-<n>`` taps that
-        have rules (a NIC detached while the driver was not told). On hot-detach only the
-        detached NIC."""
-        detaching = attaching(nics)
-        targets = {check_tap(nic.target) for nic in detaching or nics if nic.target}
+    def block(self, vm: VM, nics: Sequence[Nic]) -> list[str]:
+        """Make the VM's taps drop every frame (its rules cannot be built, it runs already).
+
+        Its taps: each NIC's ``one-<vmid>-<nic>``, its TARGET when that is a name of the
+        NIC, and a TARGET naming no VM's port that carries no vaf rules (the tap the running
+        VM got); never a port with another VM's rules.
+        """
+        backend = self.backend
         with host_lock(self.settings.lock_file):
-            cleaned = self.backend.clean(targets, None if detaching else vm.vm_id)
+            taps = set()
+            for nic in attaching(nics) or list(nics):
+                taps.add(default_tap(vm, nic))
+                target = _usable_name(nic.target)
+                owner = self.settings.tap_names.owner(target) if target else None
+                if target and (owner == (vm.vm_id, nic.nic_id)
+                               or (owner is None and not backend.has_rules(target))):
+                    taps.add(target)
+            backend.apply([PortPolicy.blocking(tap) for tap in sorted(taps)])
+        return sorted(taps)
+
+    def clean(self, vm: VM, nics: Sequence[Nic]) -> int:
+        """Remove the rules of the VM's taps: its NICs' taps, and taps named as this VM's
+        that have rules (a NIC detached while the driver was not told). On hot-detach only
+        the detached NIC. A TARGET naming someone else's tap is left alone."""
+        detaching = attaching(nics)
+        targets = set()
+        for nic in detaching or nics:
+            targets.add(default_tap(vm, nic))
+            target = _usable_name(nic.target)
+            if target and self.settings.tap_names.owner(target) == (vm.vm_id, nic.nic_id):
+                targets.add(target)
+            elif target and target != default_tap(vm, nic):
+                self.log.warn(f"NIC {nic.nic_id}: TARGET {target} is not this NIC's tap: "
+                              "left alone")
+        with host_lock(self.settings.lock_file):
+            cleaned = self.backend.clean(targets, None if detaching else vm.vm_id,
+                                         self.settings.tap_names,
+                                         self._policies_if_any(vm, detaching or nics))
         self.log.info(f"removed the rules of {', '.join(sorted(cleaned)) or 'no tap'}")
         return 0
+
+    def _policies_if_any(self, vm: VM, nics: Sequence[Nic]) -> list[PortPolicy]:
+        """The policies the template gives its NICs, as far as it can (clean never fails on
+        a bad template; the backend reads the kernel for what it cannot vouch for)."""
+        policies = []
+        for nic in nics:
+            try:
+                policies.append(port_policy(vm, nic, self.settings))
+            except VafError:
+                continue
+        return policies
 
     def sweep(self) -> set[str]:
         with host_lock(self.settings.lock_file):
             return self.backend.sweep(interfaces(self.runner))
 
 
+def _usable_name(name: str | None) -> str | None:
+    try:
+        return check_tap(name)
+    except ProtocolError:
+        return None
+
+
 def isolation_for(inv: Invocation, log: DriverLog) -> Isolation:
-    return Isolation(Settings.from_config(inv.config, inv.remotes), inv.runner, log)
+    return Isolation(Settings.from_config(inv.config), inv.runner, log)
 
 
 def _vm(payload: str | bytes, log: DriverLog) -> VM:
@@ -196,7 +315,19 @@ def hook(inv: Invocation, log: DriverLog) -> int:
     vm = _vm(args["TEMPLATE"], log)
     isolation = isolation_for(inv, log)
     nics = selected_nics(vm, isolation.settings.vn_mads)
-    return isolation.apply(vm, nics) if mode == "apply" else isolation.clean(vm, nics)
+    if mode == "clean":
+        return isolation.clean(vm, nics)
+    try:
+        return isolation.apply(vm, nics)
+    except VafError as err:
+        # The VM runs already (the hook is asynchronous): fail closed, not open.
+        try:
+            blocked = isolation.block(vm, nics)
+        except VafError as block_err:
+            raise type(err)(f"{err.reason}; blocking its taps failed too: "
+                            f"{block_err.reason}") from None
+        raise type(err)(f"{err.reason}; every frame of {', '.join(blocked)} is dropped "
+                        "until its rules can be built") from None
 
 
 def sweep(inv: Invocation, log: DriverLog) -> int:

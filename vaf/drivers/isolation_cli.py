@@ -15,7 +15,7 @@ CONF = "etc/vnm/vaf_isolation/vaf_isolation.conf"
 
 def _isolation(remotes: str, conf: str | None, log: DriverLog) -> Isolation:
     path = conf or f"{remotes}/{CONF}"
-    settings = Settings.from_config(load_config(path), remotes)
+    settings = Settings.from_config(load_config(path))
     return Isolation(settings, Runner(), log)
 
 
@@ -25,7 +25,7 @@ def isolation() -> None:
 
 
 _remotes = click.option("--remotes", default=DEFAULT_REMOTES, show_default=True,
-                        help="remotes tree whose conf and lock file to use")
+                        help="remotes tree whose conf to use")
 _conf = click.option("--conf", default=None, help="conf file (default: the VNM driver's)")
 
 

@@ -9,6 +9,10 @@ configuration for the head node, 5. **one** ssh call to the head node's gate
 unreachable or its batch system fails, skipped when the state marker says it is done,
 6. start the batch client, 7. OneGate ``READY=YES``.
 
+Secrets (the join key, the munge key, the OneGate token) are root's alone: the context CD is
+mounted only while it is read, in a directory only root can enter, and unmounted before any
+step runs; each secret file is created with its owner and mode before its content is written.
+
 Every path is taken under ``root`` (``/`` on a VM, a scratch directory in tests) and every
 command goes through the runner, so a test observes exactly what a VM would do.
 """
@@ -19,11 +23,14 @@ import argparse
 import base64
 import binascii
 import os
+import pwd
 import re
-import shutil
+import stat
 import sys
+import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,9 +43,11 @@ from vaf.host.runner import CommandError, CommandTimeout, Runner
 CONTEXT_CANDIDATES = ("run/one-context/context.sh.network",
                       "var/run/one-context/context.sh.network",
                       "run/one-context/context.sh.local", "var/run/one-context/context.sh.local")
-CONTEXT_MOUNT = "run/vaf/context"
+#: where vaf before 1.1 left the CD mounted (world-readable): unmounted when found
+OLD_CONTEXT_MOUNT = "run/vaf/context"
 STATE_DIR = "var/lib/vaf"
-RUN_DIR = "run/vaf"
+RUN_DIR = "run/vaf"  # root only (0700): the CD's mount point and the secrets live here
+MUNGE_KEY = "/etc/munge/munge.key"
 JOINED_MARKER = "joined"
 
 # gate exit codes (vaf.gate.gate): which ones are worth another attempt
@@ -182,6 +191,7 @@ class Worker:
         return self.root / absolute.lstrip("/")
 
     def run_all(self) -> None:
+        self.install_secrets()
         self.set_hostname()
         self.enable_swap()
         self.mount_scratch()
@@ -189,6 +199,33 @@ class Worker:
         self.join()
         self.start_batch_client()
         self.report_ready()
+
+    # 0. secrets ---------------------------------------------------------------------
+    @property
+    def join_key_path(self) -> Path:
+        return self.path(RUN_DIR) / "join_key"
+
+    @property
+    def onegate_headers_path(self) -> Path:
+        return self.path(RUN_DIR) / "onegate-headers"
+
+    def install_secrets(self) -> None:
+        """Each secret in its file, readable by its owner only (root, munge for its key)."""
+        s = self.settings
+        private_dir(self.path(RUN_DIR))
+        _write_if_changed(self.join_key_path, s.join_key, mode=0o600)
+        if s.onegate_token and s.vmid:
+            # curl reads the headers from a file: the token must not show in the process list
+            _write_if_changed(self.onegate_headers_path, f"X-ONEGATE-TOKEN: {s.onegate_token}\n"
+                                                         f"X-ONEGATE-VMID: {s.vmid}\n", mode=0o600)
+        if s.batch == "slurm" and s.munge_key:
+            try:
+                owner = pwd.getpwnam("munge")
+                ids = (owner.pw_uid, owner.pw_gid)
+            except KeyError:
+                self.log("no munge account yet: install munge in the image")
+                ids = None
+            _write_if_changed(self.path(MUNGE_KEY), s.munge_key, mode=0o400, owner=ids)
 
     # 1. host name -------------------------------------------------------------------
     def set_hostname(self) -> None:
@@ -274,13 +311,6 @@ class Worker:
         # systemd splits $SLURMD_OPTIONS on blanks without quote handling: one word per option
         _write_if_changed(self.path("/etc/default/slurmd"),
                           f"SLURMD_OPTIONS=\"{' '.join(options)}\"\n")
-        if self.settings.munge_key:
-            key = self.path("/etc/munge/munge.key")
-            _write_if_changed(key, self.settings.munge_key, mode=0o400)
-            try:
-                shutil.chown(key, "munge", "munge")
-            except LookupError:
-                self.log("no munge account yet: install munge in the image")
 
     # 5. join ------------------------------------------------------------------------
     def join(self) -> None:
@@ -312,11 +342,10 @@ class Worker:
                          f"{self.settings.join_attempts} attempts: {said}")
 
     def ssh_argv(self) -> list[str]:
-        run_dir = self.path(RUN_DIR)
-        run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        key = run_dir / "join_key"
-        _write_if_changed(key, self.settings.join_key, mode=0o600)
-        known_hosts = run_dir / "known_hosts"
+        key = self.join_key_path
+        if not key.exists():
+            self.install_secrets()
+        known_hosts = self.path(RUN_DIR) / "known_hosts"
         checking = "accept-new"
         if self.settings.head_host_key:
             host = self.settings.head
@@ -343,10 +372,9 @@ class Worker:
         if not (s.onegate_endpoint and s.onegate_token and s.vmid):
             self.log("no OneGate endpoint/token in the context: readiness not reported")
             return
-        headers = self.path(f"{RUN_DIR}/onegate-headers")
-        # headers from a file: the token must not show in the process list
-        _write_if_changed(headers, f"X-ONEGATE-TOKEN: {s.onegate_token}\n"
-                                   f"X-ONEGATE-VMID: {s.vmid}\n", mode=0o600)
+        headers = self.onegate_headers_path
+        if not headers.exists():
+            self.install_secrets()
         argv = ["curl", "-sS", "--fail", "--max-time", "20", "-X", "PUT", "-H", f"@{headers}",
                 "--data", "READY=YES", f"{s.onegate_endpoint.rstrip('/')}/vm"]
         for attempt in range(1, ONEGATE_ATTEMPTS + 1):
@@ -358,16 +386,51 @@ class Worker:
         raise GuestError("OneGate did not accept READY=YES")
 
 
-def _write_if_changed(path: Path, content: str | bytes, mode: int = 0o644) -> None:
+def _write_if_changed(path: Path, content: str | bytes, mode: int = 0o644,
+                      owner: tuple[int, int] | None = None) -> None:
+    """Replace ``path`` atomically; the new file has its owner and mode before any byte of
+    the content is in it (a secret is never readable by someone else, not even briefly)."""
     data = content.encode() if isinstance(content, str) else content
-    if path.exists() and path.read_bytes() == data:
+    current = _stat(path)
+    if current is not None and stat.S_IMODE(current.st_mode) == mode \
+            and (owner is None or (current.st_uid, current.st_gid) == owner) \
+            and path.read_bytes() == data:
         return
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.vaf-tmp")
-    with open(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode), "wb") as handle:
-        handle.write(data)
-    os.chmod(temporary, mode)
+    try:
+        temporary.unlink()  # a leftover of an interrupted run, or someone's trap
+    except FileNotFoundError:
+        pass
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                 0o600)
+    try:
+        if owner is not None:
+            os.fchown(fd, *owner)
+        os.fchmod(fd, mode)  # whatever the umask
+        with open(fd, "wb", closefd=False) as handle:
+            handle.write(data)
+    finally:
+        os.close(fd)
     os.replace(temporary, path)
+
+
+def _stat(path: Path) -> os.stat_result | None:
+    try:
+        return path.lstat()
+    except FileNotFoundError:
+        return None
+
+
+def private_dir(path: Path) -> Path:
+    """``path`` as a directory only its owner (root on a VM) can enter; refused when it is
+    a symlink or belongs to someone else."""
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    info = path.lstat()
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid():
+        raise GuestError(f"{path} is not a directory of this user: refusing it")
+    os.chmod(path, 0o700)
+    return path
 
 
 def _first_column(path: Path) -> set[str]:
@@ -390,20 +453,38 @@ def _natural(name: str) -> list:
 
 # --- locating the context -------------------------------------------------------------
 
-def locate_context(root: Path, runner: Runner) -> Path:
-    """The guest agent's copy, else the CONTEXT CD mounted read-only (cloud-init's case)."""
+@contextmanager
+def open_context(root: Path, runner: Runner) -> Iterator[Path]:
+    """The context.sh to read: the guest agent's copy, else the CONTEXT CD's (cloud-init).
+
+    The CD is mounted read-only in a fresh directory under the root-only RUN_DIR, for as
+    long as the ``with`` block reads it, then unmounted: its files (the join key, the OneGate
+    token) are world-readable on the CD, so no one else may ever reach them.
+    """
     for candidate in CONTEXT_CANDIDATES:
         if (root / candidate).is_file():
-            return root / candidate
-    mount_point = root / CONTEXT_MOUNT
-    if not (mount_point / "context.sh").is_file():
-        device = runner.run(["blkid", "-l", "-o", "device", "-t", "LABEL=CONTEXT"],
-                            check=False).stdout.strip()
-        if not device:
-            raise ContextError("no context: no context.sh from the guest agent, no CONTEXT CD")
-        mount_point.mkdir(parents=True, exist_ok=True)
+            yield root / candidate
+            return
+    _unmount_old_context(root, runner)
+    device = runner.run(["blkid", "-l", "-o", "device", "-t", "LABEL=CONTEXT"],
+                        check=False).stdout.strip()
+    if not device:
+        raise ContextError("no context: no context.sh from the guest agent, no CONTEXT CD")
+    mount_point = Path(tempfile.mkdtemp(prefix="context.", dir=private_dir(root / RUN_DIR)))
+    try:
         runner.run(["mount", "-o", "ro,nosuid,nodev,noexec", device, str(mount_point)])
-    return mount_point / "context.sh"
+        try:
+            yield mount_point / "context.sh"
+        finally:
+            runner.run(["umount", str(mount_point)])
+    finally:
+        mount_point.rmdir()
+
+
+def _unmount_old_context(root: Path, runner: Runner) -> None:
+    old = str(root / OLD_CONTEXT_MOUNT)
+    if old in _mounts(root / "proc/mounts").values():
+        runner.run(["umount", old])
 
 
 def main(argv: list[str] | None = None, runner: Runner | None = None) -> int:
@@ -415,15 +496,20 @@ def main(argv: list[str] | None = None, runner: Runner | None = None) -> int:
     runner = runner or Runner()
     root = Path(args.root)
     try:
-        context = Path(args.context) if args.context else locate_context(root, runner)
-        # the context is parsed (and refused if it is not data) before anything runs
-        values = read_context(str(context))
-        named = values.get("SET_HOSTNAME") or values.get("VAF_HOSTNAME")
-        current = "" if named else runner.output(["hostname"]).strip()
-        settings = settings_from_context(values, context.parent, current)
+        with _given(args.context) if args.context else open_context(root, runner) as context:
+            # the context is parsed (and refused if it is not data) before anything runs
+            values = read_context(str(context))
+            named = values.get("SET_HOSTNAME") or values.get("VAF_HOSTNAME")
+            current = "" if named else runner.output(["hostname"]).strip()
+            settings = settings_from_context(values, context.parent, current)
         Worker(settings, root, runner).run_all()
     except (VafError, OSError) as err:
         reason = err.reason if isinstance(err, VafError) else f"{err.filename}: {err.strerror}"
         stderr_log(f"failed: {reason}")
         return getattr(err, "exit_code", 1)
     return 0
+
+
+@contextmanager
+def _given(path: str) -> Iterator[Path]:
+    yield Path(path)

@@ -6,6 +6,11 @@ Layout in the ``filter`` table::
     VAF:  -i <tap> -j VAF-O-<tap>      frames from the VM (anti-spoofing)
           -o <tap> -j VAF-I-<tap>      frames to the VM (its network + extra MACs, else DROP)
 
+Each port chain starts with a no-op fingerprint rule, ``-s <digest as a MAC> -j CONTINUE``
+(it matches almost nothing and does nothing when it does): a port whose installed fingerprint
+is the one of the rules it should have is left alone, so re-applying an unchanged rule set
+keeps its counters. What a port has is always read from the kernel, never from a file.
+
 Atomicity: every change is one ``ebtables-restore --noflush`` batch. ``ebtables-nft-restore``
 commits the batch as one nf_tables transaction; ``ebtables-legacy-restore`` builds the table
 in memory and replaces it with one setsockopt at ``COMMIT``. So a port is never seen with half
@@ -25,7 +30,14 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from vaf.host.netfilter import PortPolicy, taps_of_vm
+from vaf.host.netfilter import (
+    DEFAULT_TAP_NAMES,
+    PortPolicy,
+    TapNames,
+    fingerprint,
+    format_mac,
+    parse_mac,
+)
 from vaf.host.runner import CommandError, Runner
 
 DISPATCH = "VAF"
@@ -49,13 +61,33 @@ def jump_rules(tap: str) -> list[str]:
     return [f"-i {tap} -j {out_chain(tap)}", f"-o {tap} -j {in_chain(tap)}"]
 
 
+#: ICMPv6 messages only a router sends: never from a VM
+ROUTER_ONLY_ICMPV6 = ("router-advertisement", "redirect")
+#: neighbour discovery messages carrying a link-layer address option. ebtables cannot read
+#: ICMPv6 options, so they are dropped from VMs (IPv6 on-link needs the nft backend)
+NDP_WITH_LINK_ADDRESS = ("router-solicitation", "neighbour-solicitation",
+                         "neighbour-advertisement")
+VLAN_ETHERTYPES = ("802_1Q", "0x88a8")  # 802.1Q and 802.1ad (QinQ) tags
+
+
+def _icmpv6(kind: str) -> str:
+    return f"-p IPv6 --ip6-proto ipv6-icmp --ip6-icmp-type {kind} -j DROP"
+
+
 def out_rules(policy: PortPolicy) -> list[str]:
-    """Frames from the VM: only its own source MAC, ARP only for its own MAC (and IP)."""
-    rules = [f"-s ! {policy.mac} -j DROP", f"-p ARP --arp-mac-src ! {policy.mac} -j DROP"]
+    """Frames from the VM: untagged, its own source MAC, ARP only for its own MAC (and IP),
+    no router messages, no neighbour discovery (see NDP_WITH_LINK_ADDRESS)."""
+    if policy.blocked:
+        return ["-j DROP"]
+    # The kernel has taken a VLAN tag off before ebtables looks, so "-p ARP" never sees a
+    # tagged ARP: tagged frames go first (networks carrying tags need the nft backend).
+    rules = [f"-p {kind} -j DROP" for kind in VLAN_ETHERTYPES]
+    rules += [f"-s ! {policy.mac} -j DROP", f"-p ARP --arp-mac-src ! {policy.mac} -j DROP"]
     if policy.ip:
         rules += [f"-p ARP --arp-ip-src {policy.ip} -j RETURN",
                   "-p ARP --arp-ip-src 0.0.0.0 -j RETURN",  # ARP probes (RFC 5227)
                   "-p ARP -j DROP"]
+    rules += [_icmpv6(kind) for kind in ROUTER_ONLY_ICMPV6 + NDP_WITH_LINK_ADDRESS]
     return rules
 
 
@@ -67,13 +99,32 @@ def in_rules(policy: PortPolicy) -> list[str]:
     return rules + ["-j DROP"]
 
 
+def port_fingerprint(policy: PortPolicy) -> str:
+    """The port's fingerprint as the MAC its first rule matches (``-s <this> -j CONTINUE``)."""
+    digest = fingerprint([*out_rules(policy), "|", *in_rules(policy)])
+    return format_mac(int(digest, 16))
+
+
+def fingerprint_rule(policy: PortPolicy) -> str:
+    return f"-s {port_fingerprint(policy)} -j CONTINUE"
+
+
+def installed_fingerprint(listing: str) -> str | None:
+    """The fingerprint of a port chain listing (``ebtables -L VAF-O-<tap>``), if any."""
+    for line in listing.splitlines():
+        words = line.split()
+        if len(words) >= 4 and words[0] == "-s" and words[2:4] == ["-j", "CONTINUE"]:
+            return format_mac(parse_mac(words[1]))
+    return None
+
+
 def port_lines(policy: PortPolicy, present: bool) -> list[str]:
     """Restore lines that (re)build one port's chains; jumps only if not ``present``."""
     lines = []
     for chain, rules in ((out_chain(policy.tap), out_rules(policy)),
                          (in_chain(policy.tap), in_rules(policy))):
         lines.append(f"-F {chain}" if present else f"-N {chain} -P {CHAIN_POLICY}")
-        lines += [f"-A {chain} {rule}" for rule in rules]
+        lines += [f"-A {chain} {rule}" for rule in [fingerprint_rule(policy), *rules]]
     if not present:
         lines += [f"-A {DISPATCH} {rule}" for rule in jump_rules(policy.tap)]
     return lines
@@ -164,25 +215,36 @@ class EbtablesBackend:
             return None
         return parse_dispatch(listing.stdout)
 
-    def _port_state(self, tap: str) -> str:
-        """``absent``, ``present`` or ``stale``, from the port's own inbound chain.
+    def _port_state(self, policy: PortPolicy) -> str:
+        """``absent``, ``current``, ``present`` (other rules) or ``stale``, from the port's
+        outbound chain.
 
         Listing one chain costs the same whatever the number of VMs (listing VAF does not).
         A chain with rules always has its jumps: both are made in one batch, and clean
         removes the jumps and empties the chains in one batch. An existing but empty chain
         is what a clean interrupted before its second batch leaves.
         """
-        listing = self._ebtables("-L", in_chain(tap), check=False)
+        listing = self._ebtables("-L", out_chain(policy.tap), check=False)
         if listing.returncode != 0:
             return "absent"
-        return "present" if chain_entries(listing.stdout) else "stale"
+        if not chain_entries(listing.stdout):
+            return "stale"
+        current = installed_fingerprint(listing.stdout) == port_fingerprint(policy)
+        return "current" if current else "present"
+
+    def has_rules(self, tap: str) -> bool:
+        listing = self._ebtables("-L", out_chain(tap), check=False)
+        return listing.returncode == 0 and bool(chain_entries(listing.stdout))
 
     def _hooked(self) -> bool:
         forward = self._ebtables("-L", "FORWARD", check=False).stdout.splitlines()
         return f"-j {DISPATCH}" in (line.strip() for line in forward)
 
     def apply(self, policies: Sequence[PortPolicy]) -> None:
-        states = {p.tap: self._port_state(p.tap) for p in policies}
+        states = {p.tap: self._port_state(p) for p in policies}
+        policies = [p for p in policies if states[p.tap] != "current"]  # keep their counters
+        if not policies:
+            return
         if "stale" in states.values():
             self._apply_exactly(policies)
             return
@@ -206,11 +268,14 @@ class EbtablesBackend:
                 raise
             self._restore(apply_batch(policies, isolated))
 
-    def clean(self, taps: Iterable[str], vm_id: int | None = None) -> set[str]:
-        """Remove the rules of ``taps`` and, given ``vm_id``, of every ``one-<vm_id>-<n>``;
-        return the taps that had rules."""
+    def clean(self, taps: Iterable[str], vm_id: int | None = None,
+              names: TapNames = DEFAULT_TAP_NAMES,
+              expected: Sequence[PortPolicy] = ()) -> set[str]:
+        """Remove the rules of ``taps`` and, given ``vm_id``, of every tap ``names`` says
+        is that VM's; return the taps that had rules (``expected`` is the nft backend's
+        shortcut: a port's chains go whatever they hold)."""
         isolated = self.isolated_taps() or set()
-        present = (set(taps) | taps_of_vm(isolated, vm_id)) & isolated
+        present = (set(taps) | names.of_vm(isolated, vm_id)) & isolated
         self._remove(present)
         return present
 
@@ -236,5 +301,6 @@ class EbtablesBackend:
         return orphans
 
     def ruleset(self) -> str:
-        """The whole filter table as ebtables lists it (for ``vaf isolation show``)."""
-        return self._ebtables("-L").stdout
+        """The whole filter table as ebtables lists it, with counters (``vaf isolation
+        show``)."""
+        return self._ebtables("-L", "--Lc").stdout

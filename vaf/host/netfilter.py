@@ -9,6 +9,7 @@ policy into rules; everything here is pure and stdlib-only (it runs on hyperviso
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import ipaddress
 import os
 import re
@@ -27,6 +28,8 @@ _TAP_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,14}$")
 MAC_BITS = 48
 ALL_ONES = (1 << MAC_BITS) - 1
 PREFIX_OCTETS = 5  # OpenNebula's old driver: same first five octets = same network
+#: the tap names oned gives (``one-<vmid>-<nic_id>``); others only through the admin's conf
+DEFAULT_TAP_PATTERN = "one-{vmid}-{nic}"
 
 
 def parse_mac(text: str, what: str = "MAC address") -> int:
@@ -115,14 +118,20 @@ def check_tap(name: str | None, what: str = "TARGET") -> str:
 
 @dataclass(frozen=True)
 class PortPolicy:
-    """The isolation of one bridge port (a VM NIC's tap)."""
+    """The isolation of one bridge port (a VM NIC's tap).
+
+    ``blocked``: the port's rules could not be built (hook form, the VM already runs); it
+    drops every frame in both directions until a good apply or a clean replaces it.
+    """
 
     tap: str
-    mac: str  # the only source MAC the VM may use, and the only ARP sender MAC
+    mac: str  # the only source MAC the VM may use, and the only ARP/NDP link-layer address
     ip: str | None  # when known, the only ARP sender IP besides 0.0.0.0 (ARP probes)
     network: str  # a short key naming the network's MAC ranges (names the nft set)
     ranges: tuple[MacRange, ...]  # source MACs of the VM's own network
     extra_macs: tuple[str, ...] = ()  # extra authorized source MACs
+    tagged: bool = False  # the network carries 802.1Q-tagged frames (else they are dropped)
+    blocked: bool = False
 
     def __post_init__(self) -> None:
         check_tap(self.tap)
@@ -130,6 +139,68 @@ class PortPolicy:
             raise ValueError(f"bad network key {self.network!r}")
         if self.ip is not None:
             ipaddress.IPv4Address(self.ip)
+
+    @classmethod
+    def blocking(cls, tap: str) -> PortPolicy:
+        return cls(tap=tap, mac="00:00:00:00:00:00", ip=None, network="blocked", ranges=(),
+                   blocked=True)
+
+
+def fingerprint(lines: Iterable[str]) -> str:
+    """A short digest of a rule set: installed rules carry it, so an unchanged rule set is
+    recognised from the kernel's listing and left alone (its counters keep counting)."""
+    digest = hashlib.sha256("\n".join(lines).encode()).hexdigest()
+    return digest[:12]
+
+
+@dataclass(frozen=True)
+class TapNames:
+    """Which tap names belong to which VM NIC: ``one-<vmid>-<nic>`` and the admin's patterns.
+
+    A pattern is a tap name with ``{vmid}`` and ``{nic}`` in it (``vaf{vmid}n{nic}``), so a
+    name always tells whose it is: rules are only ever built or removed for the VM that the
+    name designates, whatever a template's ``TARGET`` says.
+    """
+
+    patterns: tuple[str, ...] = (DEFAULT_TAP_PATTERN,)
+
+    def __post_init__(self) -> None:
+        for pattern in self.patterns:
+            if pattern.count("{vmid}") != 1 or pattern.count("{nic}") != 1 or \
+                    not _TAP_RE.match(pattern.replace("{vmid}", "1").replace("{nic}", "0")):
+                raise ConfigError(f"TAP_PATTERNS item {pattern!r}: expected an interface name "
+                                  "with {vmid} and {nic} once each (like one-{vmid}-{nic})")
+
+    @property
+    def _regexes(self) -> list[re.Pattern]:
+        regexes = []
+        for pattern in self.patterns:
+            head, _, rest = pattern.partition("{vmid}")
+            parts = [re.escape(part) for part in rest.split("{nic}")] if "{nic}" in rest \
+                else None
+            if parts is not None:
+                regexes.append(re.compile(rf"^{re.escape(head)}(?P<vmid>0|[1-9]\d*)"
+                                          rf"{parts[0]}(?P<nic>0|[1-9]\d*){parts[1]}$"))
+            else:  # {nic} before {vmid}
+                first, _, middle = head.partition("{nic}")
+                regexes.append(re.compile(rf"^{re.escape(first)}(?P<nic>0|[1-9]\d*)"
+                                          rf"{re.escape(middle)}(?P<vmid>0|[1-9]\d*)"
+                                          rf"{re.escape(rest)}$"))
+        return regexes
+
+    def owner(self, tap: str) -> tuple[int, int] | None:
+        """(vmid, nic id) of the VM NIC whose tap this name is, or None."""
+        for regex in self._regexes:
+            match = regex.match(tap)
+            if match:
+                return int(match.group("vmid")), int(match.group("nic"))
+        return None
+
+    def of_vm(self, taps: Iterable[str], vm_id: int | None) -> set[str]:
+        """The names among ``taps`` that belong to VM ``vm_id``."""
+        if vm_id is None:
+            return set()
+        return {tap for tap in taps if (self.owner(tap) or (None,))[0] == vm_id}
 
 
 def interfaces(runner: Runner) -> set[str]:
@@ -148,19 +219,23 @@ def host_lock(path: str) -> Iterator[None]:
     """Serialize vaf's own read-modify-write of the host's rules (hook, VNM, sweep).
 
     The kernel transactions are atomic anyway; the lock keeps two vaf processes from
-    computing their batches from the same stale view of the table.
+    computing their batches from the same stale view of the table. The file is vaf's:
+    opened without following a symlink and refused when someone else owns it.
     """
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
+        if os.fstat(fd).st_uid != os.geteuid():
+            raise ConfigError(f"lock file {path} is not owned by this user: refusing it")
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
     finally:
         os.close(fd)
 
 
-def taps_of_vm(taps: Iterable[str], vm_id: int | None) -> set[str]:
-    """The default tap names of VM ``vm_id`` (``one-<vmid>-<nic>``), matched exactly."""
-    if vm_id is None:
-        return set()
-    pattern = re.compile(rf"^one-{vm_id}-\d+$")
-    return {tap for tap in taps if pattern.match(tap)}
+DEFAULT_TAP_NAMES = TapNames()
+
+
+def taps_of_vm(taps: Iterable[str], vm_id: int | None,
+               names: TapNames = DEFAULT_TAP_NAMES) -> set[str]:
+    """The tap names among ``taps`` that belong to VM ``vm_id``, matched exactly."""
+    return names.of_vm(taps, vm_id)

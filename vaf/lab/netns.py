@@ -9,6 +9,7 @@ them all (which destroys their interfaces and rules), also when a test fails.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import secrets
@@ -104,15 +105,75 @@ class Lab:
         self.namespaces.clear()
 
 
+def _mac(text: str) -> bytes:
+    return bytes.fromhex(text.replace(":", ""))
+
+
 def arp_frame(eth_src: str, sender_mac: str, sender_ip: str, target_ip: str) -> bytes:
     """A broadcast ARP request (Ethernet/IPv4)."""
-    def mac(text: str) -> bytes:
-        return bytes.fromhex(text.replace(":", ""))
-
     def ip(text: str) -> bytes:
         return bytes(int(part) for part in text.split("."))
 
-    header = mac("ff:ff:ff:ff:ff:ff") + mac(eth_src) + b"\x08\x06"
-    arp = (b"\x00\x01\x08\x00\x06\x04\x00\x01" + mac(sender_mac) + ip(sender_ip)
+    header = _mac("ff:ff:ff:ff:ff:ff") + _mac(eth_src) + b"\x08\x06"
+    arp = (b"\x00\x01\x08\x00\x06\x04\x00\x01" + _mac(sender_mac) + ip(sender_ip)
            + b"\x00" * 6 + ip(target_ip))
     return header + arp + b"\x00" * 18  # padded to the 60-byte minimum
+
+
+def tagged(frame: bytes, vlan_id: int, tpid: int = 0x8100) -> bytes:
+    """The frame with an 802.1Q (or, with tpid 0x88a8, 802.1ad) tag after the MACs."""
+    return frame[:12] + tpid.to_bytes(2, "big") + vlan_id.to_bytes(2, "big") + frame[12:]
+
+
+# ICMPv6 neighbour discovery (RFC 4861) types and link-layer address option types
+ROUTER_SOLICITATION, ROUTER_ADVERTISEMENT = 133, 134
+NEIGHBOUR_SOLICITATION, NEIGHBOUR_ADVERTISEMENT = 135, 136
+SOURCE_LINK_ADDRESS, TARGET_LINK_ADDRESS = 1, 2
+ALL_NODES = "ff02::1"
+
+
+def link_local(mac: str) -> str:
+    """The EUI-64 link-local address of a MAC."""
+    raw = bytearray(_mac(mac))
+    raw[0] ^= 0x02
+    eui = bytes(raw[:3]) + b"\xff\xfe" + bytes(raw[3:])
+    return str(ipaddress.IPv6Address(b"\xfe\x80" + b"\x00" * 6 + eui))
+
+
+def ndp_frame(eth_src: str, icmp_type: int, link_address: str | None = None,
+              target: str = "fe80::1", src_ip: str | None = None,
+              dst_ip: str = ALL_NODES) -> bytes:
+    """An IPv6 neighbour discovery message from ``eth_src`` to the all-nodes group.
+
+    NS/NA carry ``target``; a link-layer address option (source for NS and RS, target for
+    NA, as a guest would send) is added when ``link_address`` is given. The checksum is
+    right, so a receiving stack would act on the message.
+    """
+    if icmp_type in (NEIGHBOUR_SOLICITATION, NEIGHBOUR_ADVERTISEMENT):
+        flags = b"\x20\x00\x00\x00" if icmp_type == NEIGHBOUR_ADVERTISEMENT else b"\x00" * 4
+        body = flags + ipaddress.IPv6Address(target).packed
+    elif icmp_type == ROUTER_ADVERTISEMENT:  # hop limit 64, lifetime 1800 s
+        body = b"\x40\x00\x07\x08" + b"\x00" * 8
+    else:
+        body = b"\x00" * 4
+    if link_address is not None:
+        kind = TARGET_LINK_ADDRESS if icmp_type == NEIGHBOUR_ADVERTISEMENT \
+            else SOURCE_LINK_ADDRESS
+        body += bytes([kind, 1]) + _mac(link_address)
+    src = ipaddress.IPv6Address(src_ip or link_local(eth_src)).packed
+    dst = ipaddress.IPv6Address(dst_ip).packed
+    icmp = bytes([icmp_type, 0]) + b"\x00\x00" + body
+    pseudo = src + dst + len(icmp).to_bytes(4, "big") + b"\x00\x00\x00\x3a"
+    icmp = icmp[:2] + _checksum(pseudo + icmp).to_bytes(2, "big") + icmp[4:]
+    ip6 = (b"\x60\x00\x00\x00" + len(icmp).to_bytes(2, "big") + b"\x3a\xff" + src + dst)
+    group_mac = b"\x33\x33" + dst[-4:]
+    return group_mac + _mac(eth_src) + b"\x86\xdd" + ip6 + icmp
+
+
+def _checksum(data: bytes) -> int:
+    if len(data) % 2:
+        data += b"\x00"
+    total = sum(int.from_bytes(data[i:i + 2], "big") for i in range(0, len(data), 2))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF

@@ -47,7 +47,7 @@ JobCompType=jobcomp/none
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core
 ReturnToService=2
-MaxNodeCount=16
+MaxNodeCount=64
 TreeWidth=65533
 CommunicationParameters=NoAddrCache
 PartitionName=batch Nodes=ALL Default=YES MaxTime=INFINITE State=UP
@@ -63,6 +63,8 @@ class Slurm:
     runner: Runner = field(default_factory=Runner)
     dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="vaf-slurm-")))
     slurmds: list[str] = field(default_factory=list)
+    #: more slurm.conf lines before the partition (power saving, CLOUD node ranges)
+    extra_conf: str = ""
 
     @property
     def conf(self) -> Path:
@@ -80,13 +82,26 @@ class Slurm:
             (self.dir / sub).mkdir()
         (self.dir / "munge").chmod(0o700)
         self._start_munged()
-        self.conf.write_text(SLURM_CONF.format(
-            host=socket.gethostname(), dir=self.dir, ctld_port=free_port(),
-            slurmd_port=free_port()))
-        self.runner.run(["/usr/sbin/slurmctld", "-i", "-f", str(self.conf)])
+        conf = SLURM_CONF.format(host=socket.gethostname(), dir=self.dir,
+                                 ctld_port=free_port(), slurmd_port=free_port())
+        partition = conf.index("PartitionName")
+        self.conf.write_text(conf[:partition] + self.extra_conf + conf[partition:])
+        self.start_slurmctld()
+        return self
+
+    def start_slurmctld(self) -> None:
+        """Start (or restart, keeping its state) the controller and wait until it answers."""
+        self.runner.run(["/usr/sbin/slurmctld", "-f", str(self.conf)]
+                        + ([] if (self.dir / "state" / "node_state").exists() else ["-i"]))
         wait_for(lambda: "UP" in self.runner.run([*self.scontrol, "ping"], check=False).stdout,
                  "slurmctld")
-        return self
+
+    def stop_slurmctld(self) -> None:
+        stop_pid(read_pid(self.dir / "run" / "slurmctld.pid"))
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {"SLURM_CONF": str(self.conf)}
 
     def _start_munged(self) -> None:
         key = self.dir / "munge" / "munge.key"
@@ -107,6 +122,26 @@ class Slurm:
         self.runner.run(["/usr/sbin/slurmd", "-Z", "-N", name, "--conf", conf,
                          "-f", str(self.conf)])
         self.slurmds.append(name)
+
+    def start_cloud_slurmd(self, name: str) -> None:
+        """A worker of a ``State=CLOUD`` range in slurm.conf (its Port there): ``slurmd -N``.
+
+        ``-Z`` (dynamic registration) refuses a name slurm.conf already defines, and its
+        ``--conf`` takes no Port, so several workers on one host need the configured nodes.
+        slurmctld ignores a powering-up node whose machine booted before it was resumed
+        (a real VM boots after), so the slurmd runs in a time namespace whose boot clock
+        starts now, as a fresh VM's would.
+        """
+        (self.dir / "spool" / name).mkdir(exist_ok=True)
+        with open("/proc/uptime", encoding="ascii") as handle:
+            uptime = int(float(handle.read().split()[0]))  # whole seconds: uptime < 1 s
+        self.runner.run(["unshare", "--fork", "--time", f"--boottime=-{uptime}",
+                         "/usr/sbin/slurmd", "-N", name, "-f", str(self.conf)])
+        if name not in self.slurmds:
+            self.slurmds.append(name)
+
+    def stop_slurmd(self, name: str) -> None:
+        stop_pid(read_pid(self.dir / "run" / f"slurmd-{name}.pid"))
 
     def node_state(self, name: str) -> str:
         """State of ``name`` as ``sinfo`` shows it (``idle~``, ``idle``...), '' if absent."""

@@ -1,0 +1,168 @@
+"""The elastic facility's closed loop, for tests and the benchmark: a real Slurm with power
+saving over ``State=CLOUD`` nodes, the OpenNebula API stand-in whose VMs are real slurmds,
+and the real daemon (``python -m vaf.elastic run``) as its own process.
+
+Slurm's ResumeProgram/SuspendProgram/ResumeFailProgram are small scripts that run this
+tree's ``vaf elastic resume|suspend|resume-fail`` with the loop's config, as the shipped
+``vaf-elastic-resume`` ... scripts do with /etc/vaf/elastic.conf.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import vaf
+from vaf.lab.daemons import free_port, wait_for
+from vaf.lab.one_api import OneApi, SlurmWorkers
+from vaf.lab.slurm import Slurm
+
+TREE = str(Path(vaf.__file__).resolve().parent.parent)
+
+POWER_SAVE = """\
+ResumeProgram={dir}/resume
+SuspendProgram={dir}/suspend
+ResumeFailProgram={dir}/resume-fail
+SuspendTime={suspend_time}
+SuspendTimeout={suspend_timeout}
+ResumeTimeout={resume_timeout}
+ResumeRate=0
+SuspendRate=0
+BatchStartTimeout=5
+{slurm_extra}NodeName=w[1-{count}] NodeAddr=127.0.0.1 CPUs=1 State=CLOUD Feature=cloud \
+Port=[{port}-{last}]
+"""
+
+
+def free_ports(count: int) -> int:
+    """The first of ``count`` consecutive TCP ports free on 127.0.0.1 (one per slurmd: a
+    CLOUD node range takes a port range)."""
+    for _ in range(50):
+        first = free_port()
+        if first + count > 65535:
+            continue
+        if all(_free(port) for port in range(first + 1, first + count)):
+            return first
+    raise RuntimeError(f"no run of {count} free ports")
+
+
+def _free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("0.0.0.0", port))
+        except OSError:
+            return False
+        return True
+
+
+@dataclass
+class Loop:
+    workers: int = 6
+    max_vms: int = 3
+    boot_delay: float = 1.0
+    suspend_time: int = 3
+    resume_timeout: int = 30
+    settings: dict[str, str] = field(default_factory=dict)
+    slurm_extra: str = ""  # more slurm.conf lines (SchedulerParameters=...)
+    dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="vaf-elastic-")))
+
+    def __post_init__(self) -> None:
+        self.daemon: subprocess.Popen | None = None
+        self.slurm: Slurm | None = None
+        self.api: OneApi | None = None
+        self.daemon_log = self.dir / "daemon.log"
+
+    @property
+    def conf(self) -> Path:
+        return self.dir / "elastic.conf"
+
+    def start(self) -> Loop:
+        self.dir.chmod(0o755)
+        port = free_ports(self.workers)
+        extra = POWER_SAVE.format(dir=self.dir, suspend_time=self.suspend_time,
+                                  suspend_timeout=2, resume_timeout=self.resume_timeout,
+                                  count=self.workers, port=port, last=port + self.workers - 1,
+                                  slurm_extra=self.slurm_extra)
+        self.slurm = Slurm(extra_conf=extra)
+        self._scripts()
+        self.slurm.start()
+        self.api = OneApi(workers=SlurmWorkers(self.slurm), boot_delay=self.boot_delay).up()
+        auth = self.dir / "one_auth"
+        auth.write_text(self.api.session + "\n")
+        auth.chmod(0o600)
+        values = {"BATCH": "slurm", "MODE": "power-save", "NODES": f"w[1-{self.workers}]",
+                  "MAX_VMS": str(self.max_vms), "TEMPLATE_ID": "0",
+                  "ONE_XMLRPC": self.api.endpoint, "ONE_AUTH": str(auth), "ONE_TIMEOUT": "3",
+                  "STATE_DIR": str(self.dir / "state"), "SLURM_CONF": str(self.slurm.conf),
+                  "POLL_INTERVAL": "0.25", "RECONCILE_INTERVAL": "5", "DEPLOY_TIMEOUT": "20",
+                  "IDLE_THRESHOLD": "0", "OWNER": "vaf-lab", "TERMINATE_RETRY": "5",
+                  "JOIN_CONTEXT": "VAF_GATE=127.0.0.1"}
+        values.update(self.settings)
+        self.conf.write_text("".join(f"{k}={shlex.quote(v)}\n" for k, v in values.items()))
+        return self
+
+    def _scripts(self) -> None:
+        for kind in ("resume", "suspend", "resume-fail"):
+            script = self.dir / kind
+            script.write_text(
+                "#!/bin/sh\n"
+                f"PYTHONPATH={shlex.quote(TREE)} exec {shlex.quote(sys.executable)} "
+                f"-m vaf.elastic {kind} --conf {shlex.quote(str(self.conf))} \"$@\"\n")
+            script.chmod(0o755)
+
+    def start_daemon(self, *extra: str) -> None:
+        env = dict(os.environ, PYTHONPATH=TREE)
+        with open(self.daemon_log, "ab") as log:
+            self.daemon = subprocess.Popen(
+                [sys.executable, "-m", "vaf.elastic", "run", "--conf", str(self.conf),
+                 "--foreground", *extra], env=env, stderr=log, stdout=log)
+        wait_for(lambda: (self.dir / "state" / "wake.sock").exists(), "vaf-elastic", 20)
+
+    def kill_daemon(self, sig: int = signal.SIGKILL) -> None:
+        if self.daemon is not None:
+            self.daemon.send_signal(sig)
+            self.daemon.wait(20)
+            self.daemon = None
+
+    def sh(self, *argv: str, check: bool = True) -> str:
+        result = subprocess.run(argv, env=dict(os.environ, **self.slurm.env),
+                                capture_output=True, text=True, timeout=30)
+        if check and result.returncode != 0:
+            raise RuntimeError(f"{argv}: {result.stderr}")
+        return result.stdout
+
+    def submit(self, count: int, seconds: float) -> list[str]:
+        return [self.sh("sbatch", "--parsable", "-N1", "-n1", "-o", "/dev/null",
+                        "--wrap", f"sleep {seconds}").strip() for _ in range(count)]
+
+    def queue(self) -> list[str]:
+        return self.sh("squeue", "-h", "-o", "%i %T", check=False).split("\n")[:-1]
+
+    def node_states(self) -> dict[str, str]:
+        out = self.sh("sinfo", "-h", "-N", "-o", "%N %T", check=False)
+        return dict(line.split() for line in out.splitlines() if line.strip())
+
+    def status(self) -> str:
+        return subprocess.run([sys.executable, "-m", "vaf.elastic", "status", "--conf",
+                               str(self.conf), "--json"], env=dict(os.environ, PYTHONPATH=TREE),
+                              capture_output=True, text=True, timeout=30).stdout
+
+    def wait(self, condition, what: str, timeout: float) -> float:
+        started = time.monotonic()
+        wait_for(condition, what, timeout, step=0.05)
+        return time.monotonic() - started
+
+    def stop(self) -> None:
+        self.kill_daemon(signal.SIGTERM)
+        if self.api is not None:
+            self.api.stop()
+        if self.slurm is not None:
+            self.slurm.stop()
