@@ -4,7 +4,6 @@ import io
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -430,9 +429,9 @@ def run_privileged(verb: str, stdin: bytes, tmp_path) -> subprocess.CompletedPro
     """The entry point as sudo runs it (from the tree, with an empty conf)."""
     conf = tmp_path / "privileged.conf"
     conf.write_text("")
-    code = ("import sys; sys.path.insert(0, %r); from vaf.drivers import registry; "
+    code = (f"import sys; sys.path.insert(0, {str(REPO)!r}); from vaf.drivers import registry; "
             "from vaf.one.host_command import serve_privileged; "
-            "sys.exit(serve_privileged(sys.argv[1:], %r, registry))" % (str(REPO), str(conf)))
+            f"sys.exit(serve_privileged(sys.argv[1:], {str(conf)!r}, registry))")
     return subprocess.run(["/usr/bin/python3", "-IS", "-c", code, verb], input=stdin,
                           capture_output=True, check=False, env={"PATH": "/usr/bin"})
 
