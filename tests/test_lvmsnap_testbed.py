@@ -352,7 +352,7 @@ exit $rc
 def kill_at(env, program: str, match: str, when: str) -> None:
     """Make the next host half die by SIGKILL before or after an LVM command (a wrapper in
     /usr/local/sbin, first in sudo's secure_path: the product code carries no hook)."""
-    kill = "kill -KILL $PPID; sleep 2"
+    kill = "kill -KILL $PPID; exit 137"  # before: the command never runs
     script = KILL_WRAPPER.format(program=program, match=match, when=when,
                                  before=kill if when == "before" else ":",
                                  after=kill if when == "after" else ":")
@@ -397,6 +397,8 @@ def test_sigkill_of_the_host_half_at_every_lvm_step(env):
         assert not [n for n in env.lvs() if n.startswith("vaf-fill-")]
         ok(env.delete(vmid, None))
         assert not [n for n in env.lvs() if n.startswith(f"lv-one-{vmid}-")]
+    for program, match, when, reason in trials:  # the table of trials (pytest -s shows it)
+        print(f"kill {when:<6} {program} {match!r}: {reason}")
 
 
 def test_sigkill_during_the_copy(env):
