@@ -405,7 +405,7 @@ def test_sigkill_during_the_copy(env):
     image, sha = env.image("kill-copy", 24, seed=150)
     env.set_conf(DD_BLOCK_SIZE="64K")  # a slower copy, so there is time to kill it
     killer = ("for i in $(seq 600); do lvs --noheadings -o lv_name vg-one-100 | grep -q "
-              "vaf-fill- && pkill -KILL -f 'vaf-privileged lvmsnap-clone' && exit 0; "
+              "vaf-fill- && pkill -KILL -f '[v]af-privileged lvmsnap-clone' && exit 0; "
               "sleep 0.05; done; exit 1")
     try:
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
@@ -443,7 +443,7 @@ def wait_for_fill(env, timeout: float = 120) -> None:
 def settle(env, vmid: int, timeout: float = 120) -> None:
     """Wait until no host half of this VM runs any more."""
     deadline = time.monotonic() + timeout
-    while env.guest("pgrep -f 'vaf-privileged lvmsnap-'", check=False).returncode == 0:
+    while env.guest("pgrep -f '[v]af-privileged lvmsnap-'", check=False).returncode == 0:
         assert time.monotonic() < deadline, "the host half never ended"
         time.sleep(0.5)
 

@@ -297,8 +297,10 @@ def create_with_room(host: Host, volumes: Mapping[str, LogicalVolume],
     create()
 
 
-def wait_until_closed(host: Host, name: str, limit: float = STALE_FILL_WAIT_SECONDS) -> None:
-    """A killed fill's writer may hold its volume open a while: wait for it to let go."""
+def wait_until_closed(host: Host, name: str, limit: float = STALE_FILL_WAIT_SECONDS,
+                      stoppable: bool = True) -> None:
+    """A killed fill's writer may hold its volume open a while: wait for it to let go
+    (``stoppable``: a cancel ends the wait; not when the wait is part of undoing)."""
     deadline = time.monotonic() + limit
     while True:
         lv = host.vg.lvs().get(name)
@@ -307,7 +309,8 @@ def wait_until_closed(host: Host, name: str, limit: float = STALE_FILL_WAIT_SECO
         if time.monotonic() > deadline:
             raise DriverError(f"{host.vg.name}/{name} is still open after {limit:.0f} s: "
                               "a process still writes it")
-        host.step()
+        if stoppable:
+            host.step()
         time.sleep(1)
 
 
@@ -459,7 +462,7 @@ def copy_and_verify(host: Host, image: Image, device: str) -> None:
 def discard(host: Host, name: str) -> None:
     """Best-effort removal of a fill we created, after a failure."""
     try:
-        wait_until_closed(host, name, limit=60)
+        wait_until_closed(host, name, limit=60, stoppable=False)
         with host.metadata_lock():
             host.vg.remove(name)
     except (CommandError, DriverError) as err:
