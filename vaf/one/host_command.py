@@ -17,7 +17,6 @@ import importlib
 import json
 import os
 import signal
-import socket
 import sys
 import threading
 from collections.abc import Callable, Mapping, Sequence
@@ -177,7 +176,7 @@ def check_version(module, params: Mapping[str, object]) -> None:
     """Both halves must speak the request version of ``module`` (its ``REQUEST_VERSION``)."""
     ours, theirs = getattr(module, "REQUEST_VERSION", None), params.get("version")
     if ours != theirs:
-        host = socket.gethostname()
+        host = os.uname().nodename
         raise ProtocolError(f"vaf on {host} speaks request version {ours}, the front-end "
                             f"sent {theirs!r}: run install.sh host on {host}")
 
@@ -209,13 +208,13 @@ def resolve_privileged(command: str, registry=None):
     registry = registry or importlib.import_module(REGISTRY)
     module_name = registry.PRIVILEGED_COMMANDS.get(provider)
     if module_name is None or not action:
-        host = socket.gethostname()
+        host = os.uname().nodename
         raise ProtocolError(f"unknown privileged command {command!r} on {host}: run "
                             f"install.sh host on {host}")
     module = importlib.import_module(module_name)
     function = module.COMMANDS.get(action)
     if function is None:
-        host = socket.gethostname()
+        host = os.uname().nodename
         raise ProtocolError(f"unknown privileged command {command!r} on {host} (its vaf is "
                             f"older than the front-end's): run install.sh host on {host}")
     return module, function

@@ -36,7 +36,7 @@ import os
 import time
 from collections.abc import Callable, Iterator, Mapping
 
-from vaf.drivers.lvmsnap import cache, monitor
+from vaf.drivers.lvmsnap import cache
 from vaf.drivers.lvmsnap import requests as rq
 from vaf.drivers.lvmsnap.cache import ImageStat
 from vaf.drivers.lvmsnap.settings import HOST_CONF
@@ -241,6 +241,8 @@ def check_pool_commit(host: Host, created: str, result: Result | None) -> None:
     ratio = host.settings.overcommit
     if result is not None and ratio >= 1 and not thin_overcommitted(result.stderr):
         return
+    from vaf.drivers.lvmsnap import monitor  # the rare path: off the warm clone's imports
+
     volumes = host.vg.lvs()
     usage = monitor.pool_usage(volumes, host.settings.pool)
     if usage is None or usage.committed_mb <= usage.size_mb * ratio:
@@ -919,6 +921,8 @@ def read_host_file(host: Host, sysdir: str) -> str | None:
 
 def monitor_ds(params: Mapping[str, object], log: DriverLog, privileged) -> int:
     """``monitor`` of one system datastore (``tm/lvmsnap/monitor``, the shared-DS path)."""
+    from vaf.drivers.lvmsnap import monitor
+
     host = Host(rq.Monitor.from_json(params), log, privileged)
     linked = vm_links(host)
     for line in monitor.report(host.vg, host.settings, log, host.request.warn_percent,
@@ -930,6 +934,8 @@ def monitor_ds(params: Mapping[str, object], log: DriverLog, privileged) -> int:
 def probe(params: Mapping[str, object], log: DriverLog, privileged) -> int:
     """The host probe: one ``DS = [...]`` per ``vg-one-<id>`` of this host (what oned's
     scheduler reads for a non-shared system datastore)."""
+    from vaf.drivers.lvmsnap import monitor
+
     host = Host(rq.Probe.from_json(params), log, privileged)
     prefix = privileged.conf.str("VG_PREFIX", dict(HOST_CONF)["VG_PREFIX"])
     for line in monitor.probe_lines(host.runner, prefix, host.settings):
