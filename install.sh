@@ -21,7 +21,7 @@ set -euo pipefail
 
 SRC="$(cd "$(dirname "$0")" && pwd)"
 # the directories of remotes/ that hold files oned runs (tests/test_install.py reads this line)
-KINDS="tm vnm hooks"
+KINDS="tm vnm hooks im"
 REMOTES=/var/lib/one/remotes
 ROOT=""
 DEPS=yes

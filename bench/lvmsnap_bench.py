@@ -23,7 +23,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from vaf.lab.lvmsnap_env import REMOTE_DIR, SYS_DS, LvmsnapEnv  # noqa: E402
+from vaf.lab.lvmsnap_env import SYS_DS, LvmsnapEnv, prepare_host  # noqa: E402
 from vaf.lab.testbed import Testbed  # noqa: E402
 
 VG = f"vg-one-{SYS_DS}"
@@ -108,12 +108,12 @@ class Bench:
         baseline = median_time(bare, self.repeat)
         self.row("warm clone (driver) / lvcreate -s + ln -s in one ssh", measured, baseline,
                  "<= 1.3")
-        lib = f"{REMOTE_DIR}/vaf/lib"
         start = median_time(lambda: self.env.tb.ssh(
-            f"cd {lib} && python3 -S -c 'import vaf.one.host_command, vaf.drivers.lvmsnap.host'",
-            user="oneadmin"), self.repeat)
-        self.row("  of which: ssh + host python start-up / the same baseline", start, baseline,
-                 "(info)")
+            "sudo -n /usr/bin/python3 -IS -c 'import sys; sys.path.insert(0, \"/usr/lib/vaf/lib\")"
+            "; import vaf.one.host_command, vaf.drivers.lvmsnap.host'", user="oneadmin"),
+            self.repeat)
+        self.row("  of which: ssh + sudo + host python start-up / the same baseline", start,
+                 baseline, "(info)")
         self.drop_caches()
 
     def cold_fill(self) -> None:
@@ -143,8 +143,8 @@ class Bench:
 
         def scp_then_dd() -> None:
             tb = self.env.tb
-            subprocess.run(["scp", "-q", "-F", tb.ssh_config, self.image, f"{tb.host}:{COPY}"],
-                           check=True)
+            subprocess.run(["scp", "-q", "-F", tb.ssh_config, str(self.env.local(self.image)),
+                            f"{tb.host}:{COPY}"], check=True)
             self.env.guest(f"{create} && {dd.format(COPY)}")
 
         seed = median_time(scp_then_dd, self.repeat, no_lv)
@@ -216,9 +216,46 @@ class Bench:
             self.drop_caches()
         self.row("warm clone with 5 siblings: classic / thin", classic, thin, "(info)")
 
-    def run(self) -> None:
-        for step in (self.warm_clone, self.cold_fill, self.concurrent_cold, self.scratch,
-                     self.thin_vs_classic):
+    def zeroing(self) -> None:
+        """New volumes read as zeros: the price of each way (thin pool zeroing on provision,
+        a wipe of thick volumes at create; a wipe at delete would cost the same write)."""
+        size = self.image_mb
+
+        def scratch(conf: dict[str, str], then: str = "") -> Callable[[], None]:
+            def make() -> None:
+                vmid = self.next_vm()
+                self.env.vm(vmid, {"DISK_ID": 1, "TYPE": "fs", "SIZE": size, "FS": "raw"})
+                self.env.set_conf(**conf)
+                try:
+                    ok(self.env.transfer(vmid, f"MKIMAGE lvmsnap {size} raw {self.env.tb.host}:"
+                                               f"{self.env.disk_path(vmid, 1)} {vmid} {SYS_DS}"))
+                    if then:
+                        self.env.guest(then.format(disk=self.env.disk_path(vmid, 1)))
+                finally:
+                    self.env.set_conf()
+                self.drop_vm(vmid)
+            return make
+
+        write = (f"dd if=/dev/zero of={{disk}} bs=4M count={size // 4} oflag=direct "
+                 "conv=fsync status=none")
+        thick_zero = median_time(scratch({"VOLATILE_VOLUMES": "thick"}), self.repeat)
+        thick_raw = median_time(scratch({"VOLATILE_VOLUMES": "thick", "ZERO_THICK": "no"}),
+                                self.repeat)
+        thin = median_time(scratch({}), self.repeat)
+        thin_written = median_time(scratch({}, write), self.repeat)
+        thick_written = median_time(scratch({"VOLATILE_VOLUMES": "thick"}, write), self.repeat)
+        self.row(f"thick {size} MB scratch zeroed at create / not zeroed", thick_zero,
+                 thick_raw, "(info)")
+        self.row(f"thick {size} MB zeroed at create / thin (pool zeroing)", thick_zero, thin,
+                 "(info)")
+        self.row("create + first full write: thin (zeroing on provision) / thick zeroed",
+                 thin_written, thick_written, "(info)")
+
+    STEPS = ("warm_clone", "cold_fill", "concurrent_cold", "scratch", "zeroing",
+             "thin_vs_classic")
+
+    def run(self, steps: tuple[str, ...] = STEPS) -> None:
+        for step in (getattr(self, name) for name in steps):
             started = time.monotonic()
             step()
             print(f"# {step.__name__} measured in {time.monotonic() - started:.0f} s",
@@ -236,15 +273,16 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--image-mb", type=int, default=256)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--steps", default=",".join(Bench.STEPS),
+                        help="comma-separated subset (concurrent_cold needs cold_fill and "
+                             "warm_clone first)")
     options = parser.parse_args()
     tb = Testbed()
     tb.build()
     with tb, tempfile.TemporaryDirectory(prefix="vaf-lvmsnap-bench-") as work:
-        tb.ssh(f"pvcreate -qff -y /dev/vdb && vgcreate -q {VG} /dev/vdb && "
-               "mkdir -p /var/lib/one/datastores && chown oneadmin: /var/lib/one "
-               "/var/lib/one/datastores")
+        prepare_host(tb)
         bench = Bench(LvmsnapEnv(tb, Path(work)), options.image_mb, options.repeat)
-        bench.run()
+        bench.run(tuple(options.steps.split(",")))
         print(f"lvmsnap benchmark: {options.image_mb} MB image, median of {options.repeat}, "
               "TCG test hypervisor")
         print(bench.table())

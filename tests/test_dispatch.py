@@ -80,3 +80,26 @@ def test_launcher_reports_bad_arguments_in_oneds_format(tmp_path):
                           capture_output=True, text=True, input="", check=False)
     assert proc.returncode == 2
     assert proc.stderr == "monitor expects 1 argument (DSID), got 0\n"
+
+
+def test_a_host_probe_is_found_one_level_deeper_than_actions(tmp_path):
+    script = tmp_path / "remotes" / "im" / "kvm-probes.d" / "host" / "system" / "vaf-lvmsnap"
+    inv = locate(str(script), [], environ={})
+    assert (inv.remotes, inv.kind, inv.action) == (str(tmp_path / "remotes"), "im",
+                                                   "vaf-lvmsnap")
+    from vaf.drivers.lvmsnap import probe
+
+    assert resolve(inv, registry) is probe.PROBE
+
+
+def test_the_lvmsnap_probe_never_fails_the_hosts_monitoring(tmp_path):
+    remotes = tmp_path / "remotes"
+    shutil.copytree(REPO / "remotes", remotes, symlinks=False,
+                    ignore=shutil.ignore_patterns("__pycache__", "lab"))
+    conf = remotes / "etc" / "tm" / "lvmsnap" / "lvmsnap.conf"
+    conf.write_text("PRIVILEGED=/bin/false\n")  # the privileged half refuses
+    probe = remotes / "im" / "kvm-probes.d" / "host" / "system" / "vaf-lvmsnap"
+    done = subprocess.run([str(probe)], input=b"<HOST_MONITORING/>", capture_output=True,
+                          check=False)
+    assert done.returncode == 0 and done.stdout == b""
+    assert done.stderr.decode().startswith("vaf-lvmsnap probe: ")

@@ -25,8 +25,6 @@ REPO = Path(__file__).resolve().parent.parent
 PYTHON39 = "/root/.pyenv/versions/3.9.18/bin/python3.9"
 SCRIPTS = [REPO / "remotes" / "vaf" / "dispatch", REPO / "remotes" / "vaf" / "host-command",
            REPO / "share" / "privileged" / "vaf-privileged"]
-#: files under remotes/<kind>/ that oned runs on hypervisors (tm runs on the front-end)
-HOST_KINDS = ("vnm", "hooks", "vmm", "im")
 
 
 def script_imports(path: Path) -> set[str]:
@@ -41,11 +39,9 @@ def script_imports(path: Path) -> set[str]:
 
 
 def host_roots() -> list[str]:
-    roots = set(layers.HOST_ENTRY_POINTS)
+    roots = set(layers.host_roots(registry))
     for script in SCRIPTS:
         roots |= script_imports(script)
-    roots |= {m for (kind, _), m in registry.DRIVERS.items() if kind in HOST_KINDS}
-    roots |= set(registry.EXTENSIONS.values()) | set(registry.HOST_COMMANDS.values())
     return sorted(roots)
 
 
@@ -63,8 +59,9 @@ def test_what_runs_on_a_host_or_a_guest_imports_only_the_standard_library(where)
 
 def test_the_closures_reach_the_real_work():
     host, _ = CLOSURES["host"]
-    assert {"vaf.drivers.lvmsnap.host", "vaf.drivers.cpu", "vaf.drivers.isolation",
-            "vaf.host.privileged", "vaf.host.lvm"} <= host
+    assert {"vaf.drivers.lvmsnap.host", "vaf.drivers.lvmsnap.probe", "vaf.drivers.cpu",
+            "vaf.drivers.isolation", "vaf.host.privileged", "vaf.host.lvm",
+            "vaf.host.confine", "vaf.host.blockcopy"} <= host
     assert "vaf.drivers.lvmsnap.actions" not in host  # the front-end half stays there
     assert {"vaf.guest.worker", "vaf.gate.grammar"} <= CLOSURES["guest"][0]
 

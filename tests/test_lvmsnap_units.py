@@ -4,7 +4,6 @@ import io
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,7 +15,7 @@ from vaf.drivers.lvmsnap import requests as rq
 from vaf.drivers.lvmsnap.cache import ImageStat, NoRoom, choose_evictions, classic_cow_mb
 from vaf.drivers.lvmsnap.settings import SETTINGS, Settings
 from vaf.errors import DriverError, ProtocolError
-from vaf.host import dd, fs, iso
+from vaf.host import blockcopy, confine, fs, iso
 from vaf.host import lvm as L
 from vaf.host.runner import CommandError, HostUnreachable, Runner
 from vaf.one import remote
@@ -66,16 +65,6 @@ REPO = Path(__file__).resolve().parent.parent
      "genisoimage -quiet -o /t/c.iso -V CONTEXT -J -R /t/d"),
     (iso.iso_argv("xorriso", "/t/c.iso", "/t/d"),
      "xorriso -as mkisofs -quiet -o /t/c.iso -V CONTEXT -J -R /t/d"),
-    (dd.dd_argv("/img", "/dev/vg/f", "4M"),
-     "dd if=/img of=/dev/vg/f bs=4M status=progress oflag=direct conv=fsync"),
-    (dd.dd_argv("/img", "/dev/vg/f", "4M", sparse=True),
-     "dd if=/img of=/dev/vg/f bs=4M status=progress oflag=direct conv=fsync,sparse"),
-    (dd.dd_argv("/dev/vg/x", "/img.tmp", "4M", count_bytes=1000, direct=False),
-     "dd if=/dev/vg/x of=/img.tmp bs=4M status=progress count=1000 "
-     "iflag=count_bytes,fullblock conv=fsync,notrunc"),
-    (dd.dd_argv("/dev/zero", "/dev/vg/x", "1M", count_bytes=5, seek_bytes=7),
-     "dd if=/dev/zero of=/dev/vg/x bs=1M status=progress count=5 iflag=count_bytes,fullblock "
-     "seek=7 oflag=direct,seek_bytes conv=fsync"),
 ])
 def test_argv_builders(argv, expected):
     assert " ".join(argv) == expected
@@ -116,6 +105,69 @@ def test_parse_lvs_reads_every_field():
     assert volumes()["lv-one-9-0"].invalid
 
 
+@pytest.mark.parametrize("attr, invalid", [
+    ("swi-a-s---", False), ("swi-I-s---", True),  # lvm 2.03: the state column says it
+    ("Swi-I-s---", True), ("Swi-a-s---", True),  # older lvm: a leading S
+    ("swi-m-s---", True)])
+def test_an_overflowed_classic_snapshot_is_invalid_however_lvm_shows_it(attr, invalid):
+    lv = L.LogicalVolume("lv-one-1-0", attr, 1, "vaf-cache-a", "", 100.0, None, ())
+    assert lv.is_classic_snapshot and lv.invalid is invalid
+
+
+@pytest.mark.parametrize("argv, name", [
+    (L.lvcreate_linear_argv("vg-one-1", "lv-one-7-0", 8, ["vaf.lvmsnap"]), "lv-one-7-0"),
+    (L.lvcreate_thin_snapshot_argv("vg-one-1", "vaf-pool", "vaf-cache-a", "lv-one-7-0",
+                                   ["vaf.lvmsnap"]), "lv-one-7-0"),
+    (L.lvchange_argv("vg-one-1", "vaf-cache-a", add_tags=["vaf.used=2"]), "vaf-cache-a"),
+    (L.lvremove_argv("vg-one-1", "lv-one-7-0"), "lv-one-7-0"),
+    (L.lvs_argv("vg-one-1"), "vg-one-1")])
+def test_timing_lines_name_the_volume_not_a_tag(argv, name):
+    assert L.subject(argv) == name
+
+
+class _Settings:
+    def __init__(self, mode="thin", volatile="thin", overcommit=1.0, pool_size="50%VG"):
+        self.mode, self.volatile, self.overcommit = mode, volatile, overcommit
+        self.pool, self.pool_size = "vaf-pool", pool_size
+
+
+@pytest.mark.parametrize("settings, expected", [
+    # the pool: 1024 MB; its thin volume lv-one-7-0: 64 MB
+    (_Settings(), (1024, 64, 960)),
+    (_Settings(overcommit=2.0), (2048, 64, 1984)),
+    # thick volumes and classic snapshots: VG free + unused caches (bbb; aaa, ccc in use)
+    (_Settings(mode="classic", volatile="thick"), (4096, 4096 - 1128, 1128))])
+def test_capacity_is_what_new_disks_can_get(settings, expected):
+    vg = L.VgUsage(total_mb=4096, free_mb=1000)
+    assert tuple(lvmsnap_monitor.capacity(vg, volumes(), settings)) == expected
+
+
+def test_capacity_without_a_pool_yet_and_of_a_full_pool():
+    vg = L.VgUsage(total_mb=4096, free_mb=4096)
+    assert tuple(lvmsnap_monitor.capacity(vg, {}, _Settings())) == (2048, 0, 2048)
+    assert lvmsnap_monitor.planned_pool_mb("2G", vg) == 2048
+    assert lvmsnap_monitor.planned_pool_mb("25%FREE", L.VgUsage(4096, 400)) == 100
+    full = L.parse_lvs("  vaf-pool|twi-aotz--|1073741824|||100.00|3.10|vaf.pool\n")
+    assert lvmsnap_monitor.capacity(vg, full, _Settings()).free_mb == 0
+    line = lvmsnap_monitor.ds_line(100, lvmsnap_monitor.Capacity(2048, 48, 2000))
+    assert line == "DS = [ ID = 100, USED_MB = 48, TOTAL_MB = 2048, FREE_MB = 2000 ]"
+
+
+def test_lvm_overcommit_warning_is_recognised():
+    warning = ("  WARNING: Sum of all thin volume sizes (2.00 GiB) exceeds the size of thin "
+               "pool vg-one-100/vaf-pool (1.00 GiB).\n")
+    assert L.thin_overcommitted(warning) and not L.thin_overcommitted("  Logical volume ok\n")
+
+
+def test_orphans_superseded_caches_and_a_vms_volumes():
+    vols = volumes()
+    assert lvmsnap_monitor.orphans(vols, {"lv-one-7-0"}) == ["lv-one-8-0"]  # 9-0: not vaf's
+    assert lvmsnap_cache.vm_volumes(vols, 7) == ["lv-one-7-0"]
+    assert lvmsnap_cache.vm_volumes(vols, 9) == []  # no vaf tag: never ours to remove
+    assert lvmsnap_cache.superseded_caches(vols, "/ds/1/b", "vaf-cache-new") == ["vaf-cache-bbb"]
+    assert lvmsnap_cache.superseded_caches(vols, "/ds/1/a", "vaf-cache-new") == []  # in use
+
+
 def test_parse_lvs_rejects_garbage():
     with pytest.raises(DriverError, match="unexpected lvs output"):
         L.parse_lvs("  a|b\n")
@@ -151,14 +203,21 @@ def test_classic_cow_never_overflows_at_100_percent(origin, percent, expected):
     assert classic_cow_mb(origin, percent) == expected
 
 
-def test_cache_key_follows_content_changes(tmp_path):
+def test_cache_key_follows_content_changes_not_metadata(tmp_path):
     image = tmp_path / "img"
     image.write_bytes(b"a" * 100)
     first = ImageStat.of(str(image))
     assert ImageStat.of(str(image)).key == first.key
+    image.chmod(0o600)  # ctime changes, the bytes do not: the same cache
+    os.link(image, tmp_path / "another-name")
+    assert ImageStat.of(str(image)).key == first.key
     image.write_bytes(b"b" * 100)  # same size, same path: new content
-    os.utime(image, ns=(first.mtime_ns, first.mtime_ns))  # even with the old mtime put back
     assert ImageStat.of(str(image)).key != first.key
+    replacement = tmp_path / "img.new"
+    replacement.write_bytes(b"a" * 100)
+    os.utime(replacement, ns=(first.mtime_ns, first.mtime_ns))  # old mtime, renamed over
+    os.replace(replacement, image)
+    assert ImageStat.of(str(image)).key != first.key  # a new inode
     assert lvmsnap_cache.cache_name(first.key).startswith("vaf-cache-")
     assert not lvmsnap_cache.cache_name(first.key).startswith("lv-one-")
 
@@ -174,24 +233,74 @@ def test_monitor_lines_and_warnings():
     assert "LVMSNAP_CACHES=3" in lines
     assert 'LVMSNAP_THIN_POOL=[NAME="vaf-pool",SIZE_MB="1024",DATA_PERCENT="12.50",' \
            'METADATA_PERCENT="3.10"]' in lines
-    assert 'LVMSNAP_SNAPSHOT=[NAME="lv-one-8-0",ORIGIN="vaf-cache-ccc",DATA_PERCENT="45.00"]' \
-        in lines
+    assert 'LVMSNAP_SNAPSHOT=[NAME="lv-one-8-0",ORIGIN="vaf-cache-ccc",DATA_PERCENT="45.00",' \
+           'VALID="YES"]' in lines
     assert lvmsnap_monitor.fullness_warnings(volumes(), 40) == [
         "snapshot lv-one-8-0 is 45.0% full", "snapshot lv-one-9-0 is overflowed (invalid)"]
 
 
-def test_dd_progress_parsing():
-    err = "1+0 records in\r52428800 bytes (52 MB, 50 MiB) copied, 1 s, 52 MB/s\n" \
-          "2+0 records out\n67108864 bytes (67 MB, 64 MiB) copied, 1.3 s, 51 MB/s\n"
-    assert dd.dd_copied_bytes(err) == 67108864
-    assert dd.dd_copied_bytes("dd: error\n") is None
+@pytest.mark.parametrize("size", [0, 1, 511, 512, 4097, 1024 * 1024 + 1, 3 * 65536])
+def test_block_copy_handles_any_image_size_and_zeroes_the_rest(tmp_path, size):
+    # a regular file stands in for the volume (O_DIRECT works on most local filesystems)
+    image, device = tmp_path / "img", tmp_path / "dev"
+    data = os.urandom(size)
+    image.write_bytes(data)
+    device.write_bytes(b"x" * (4 * 1024 * 1024))  # a reused volume's old content
+    fd = os.open(image, os.O_RDONLY)
+    try:
+        done = blockcopy.copy_to_device(fd, size, str(device), block=65536, what="t",
+                                        report=lambda _: None, every=0)
+    except OSError as err:
+        if err.errno == 22:
+            pytest.skip("this filesystem has no O_DIRECT")
+        raise
+    finally:
+        os.close(fd)
+    assert done == size
+    written = device.read_bytes()
+    assert written[:size] == data and written[size:] == bytes(len(written) - size)
 
 
-@pytest.mark.parametrize("fmt, disk_fs, default, expected", [
-    ("raw", None, "xfs", "xfs"), ("raw", "ext4", "xfs", "ext4"), ("raw", None, "raw", "raw"),
-    ("ext3", None, "xfs", "ext3"), ("qcow2", "XFS", "raw", "xfs")])
-def test_mkimage_filesystem_choice(fmt, disk_fs, default, expected):
-    assert lvmsnap.mkimage_fs(fmt, disk_fs, default) == expected
+def test_block_copy_stops_when_cancelled(tmp_path):
+    image, device = tmp_path / "img", tmp_path / "dev"
+    image.write_bytes(b"a" * 65536 * 4)
+    device.write_bytes(bytes(65536 * 4))
+    fd = os.open(image, os.O_RDONLY)
+    try:
+        with pytest.raises(blockcopy.Cancelled):
+            blockcopy.copy_to_device(fd, 65536 * 4, str(device), block=65536, what="t",
+                                     report=lambda _: None, every=0, cancelled=lambda: True)
+    except OSError:
+        pytest.skip("this filesystem has no O_DIRECT")
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize("text, expected", [("4M", 4 << 20), ("64K", 65536), ("8192", 8192)])
+def test_block_sizes(text, expected):
+    assert blockcopy.parse_block_size(text) == expected
+
+
+@pytest.mark.parametrize("text", ["1e3", "-4M", "4097", "1G1", "", "128M"])
+def test_bad_block_sizes(text):
+    with pytest.raises(ValueError):
+        blockcopy.parse_block_size(text)
+
+
+@pytest.mark.parametrize("fmt, disk_fs, default, size, expected", [
+    ("raw", None, "xfs", 300, "xfs"), ("raw", "ext4", "xfs", 300, "ext4"),
+    ("raw", None, "raw", 300, "raw"), ("ext3", None, "xfs", 300, "ext3"),
+    ("qcow2", "XFS", "raw", 1024, "xfs"),
+    ("raw", None, "xfs", 299, "ext4"),  # XFS only as the default: a small disk gets ext4
+    ("raw", None, "xfs", 16, "ext4"), ("raw", "ext2", "xfs", 16, "ext2")])
+def test_mkimage_filesystem_choice(fmt, disk_fs, default, size, expected):
+    assert lvmsnap.mkimage_fs(fmt, disk_fs, default, size) == expected
+
+
+def test_a_small_disk_that_asks_for_xfs_is_refused_with_the_reason():
+    with pytest.raises(DriverError, match=r"^XFS needs at least 300 MB .* this disk has 64 MB: "
+                                          r"use FS=ext4 or a larger SIZE$"):
+        lvmsnap.mkimage_fs("raw", "xfs", "xfs", 64)
 
 
 def test_mkimage_refuses_unknown_filesystem():
@@ -213,9 +322,10 @@ def test_settings_come_from_the_conf(tmp_path):
     conf.write_text("SNAPSHOT_MODE=classic\nCLASSIC_COW_PERCENT=50\nTHIN_POOL_SIZE=1G\n")
     inv = locate(str(tmp_path / "tm" / "lvmsnap" / "clone"), [], environ={})
     got = lvmsnap.settings(inv, 100)
-    assert (got.vg, got.mode, got.cow_percent, got.pool_size) == (
-        "vg-one-100", "classic", 50, "1G")
+    assert (got.mode, got.cow_percent, got.pool_size, got.overcommit) == (
+        "classic", 50, "1G", 1.0)
     assert Settings.from_json(got.to_json()) == got
+    assert not {"vg", "lock_dir", "sudo"} & set(got.to_json())  # no place comes from the conf
 
 
 def test_bad_conf_value_is_one_clear_line(tmp_path):
@@ -239,15 +349,50 @@ def test_relay_passes_tagged_lines_and_keeps_the_reason():
     assert failure.details() == []
 
 
-def test_a_host_command_killed_by_a_signal_is_not_reported_as_an_ssh_failure():
+KILLED = ("lvmsnap clone on testhv was killed before it finished (by a signal: an admin, the "
+          "OOM killer, a reboot)")
+
+
+@pytest.mark.parametrize("tagged", [True, False])
+def test_a_host_command_killed_by_a_signal_is_not_reported_as_an_ssh_failure(tagged):
     relay = remote.Relay(io.StringIO())
-    relay.line("INFO: 7 lvmsnap/clone: filling cache from /x (8 MB)")
-    failure = relay.failure(HostUnreachable(["python3"], "testhv", 255), "lvmsnap clone")
-    assert failure.reason == ("lvmsnap clone on testhv ended abnormally (killed, or the "
-                              "connection was lost)")
+    if tagged:
+        relay.line("INFO: 7 lvmsnap/clone: filling cache from /x (8 MB)")
+    failure = relay.failure(HostUnreachable(["sudo"], "testhv", 255), "lvmsnap clone")
+    assert failure.reason == KILLED  # also when it was killed before writing anything
     silent = remote.Relay(io.StringIO())
-    err = HostUnreachable(["python3"], "testhv", 255, stderr="ssh: connect refused")
+    silent.line("ssh: connect to host testhv port 22: Connection refused")
+    err = HostUnreachable(["sudo"], "testhv", 255, stderr="ssh: connect refused")
     assert silent.failure(err, "lvmsnap clone") is err
+
+
+@pytest.mark.parametrize("stderr", [
+    "sudo: a password is required",
+    "Sorry, user oneadmin is not allowed to execute '/usr/lib/vaf/vaf-privileged lvmsnap-clone'"
+    " as root on testhv.",
+    "sudo: /usr/lib/vaf/vaf-privileged: command not found"])
+def test_a_host_without_the_privileged_install_is_told_to_run_install_host(stderr):
+    relay = remote.Relay(io.StringIO())
+    relay.line(stderr)
+    failure = remote.privileged_failure(relay, CommandError(["sudo"], "testhv", 1),
+                                        "lvmsnap clone")
+    assert failure.reason.startswith("lvmsnap clone: sudo cannot run /usr/lib/vaf/"
+                                     "vaf-privileged on testhv")
+    assert failure.reason.endswith("run install.sh host on testhv")
+
+
+@pytest.mark.parametrize("stderr, expected", [
+    ("dd: error writing '/dev/x': Invalid argument\n1+0 records in\n0+0 records out\n"
+     "0 bytes copied, 0.1 s, 0 B/s\n", "dd: error writing '/dev/x': Invalid argument"),
+    ("  --size may not be zero.\n  Run `lvcreate --help' for more information.\n",
+     "--size may not be zero."),
+    ("Filesystem must be larger than 300MB.\nUsage: mkfs.xfs\n/* blocksize */\t\t[-b size]\n",
+     "Filesystem must be larger than 300MB."),
+    ('  Volume group "vg-one-9" not found\n  Cannot process volume group vg-one-9\n',
+     'Volume group "vg-one-9" not found'),
+    ("one line\n", "one line")])
+def test_the_reason_is_the_line_that_names_the_cause(stderr, expected):
+    assert CommandError(["dd"], None, 1, stderr=stderr).reason == f"dd failed: {expected}"
 
 
 def test_every_fs_lvm_action_exists_in_remotes():
@@ -280,21 +425,83 @@ def test_bad_argument_is_one_clear_line():
                            "(.../disk.<id>)\n")
 
 
-def test_host_command_reports_bad_input_in_oneds_format():
-    script = REPO / "remotes" / "vaf" / "host-command"
-    proc = subprocess.run(["/usr/bin/python3", str(script), "lvmsnap-clone", "{bad"],
-                          capture_output=True, text=True, check=False, env={"PATH": "/usr/bin"})
+def run_privileged(verb: str, stdin: bytes, tmp_path) -> subprocess.CompletedProcess:
+    """The entry point as sudo runs it (from the tree, with an empty conf)."""
+    conf = tmp_path / "privileged.conf"
+    conf.write_text("")
+    code = (f"import sys; sys.path.insert(0, {str(REPO)!r}); from vaf.drivers import registry; "
+            "from vaf.one.host_command import serve_privileged; "
+            f"sys.exit(serve_privileged(sys.argv[1:], {str(conf)!r}, registry))")
+    return subprocess.run(["/usr/bin/python3", "-IS", "-c", code, verb], input=stdin,
+                          capture_output=True, check=False, env={"PATH": "/usr/bin"})
+
+
+def test_the_privileged_host_half_reports_bad_input_in_oneds_format(tmp_path):
+    proc = run_privileged("lvmsnap-clone", b"{bad\n", tmp_path)
     assert proc.returncode == 2
-    assert proc.stderr.startswith("host command parameters are not valid JSON")
-    proc = subprocess.run([sys.executable, str(script), "lvmsnap-frob", json.dumps({})],
-                          capture_output=True, text=True, check=False)
-    assert "unknown host command 'lvmsnap-frob'" in proc.stderr
+    assert proc.stderr.decode().startswith("host command parameters are not valid JSON")
+    proc = run_privileged("lvmsnap-frob", b"{}\n", tmp_path)
+    assert "unknown privileged command 'lvmsnap-frob'" in proc.stderr.decode()
+    assert proc.stderr.decode().rstrip().endswith("run install.sh host on " + os.uname().nodename)
+
+
+def test_a_request_of_another_version_names_the_fix(tmp_path):
+    request = rq.Delete(Settings(), 7, 100, path="/var/lib/one/datastores/100/7",
+                        is_disk=False).to_json()
+    request["version"] = rq.VERSION - 1
+    proc = run_privileged("lvmsnap-delete", json.dumps(request).encode() + b"\n", tmp_path)
+    host = os.uname().nodename
+    assert proc.returncode == 2
+    assert proc.stderr.decode().splitlines() == [
+        f"vaf on {host} speaks request version {rq.VERSION}, the front-end sent "
+        f"{rq.VERSION - 1}: run install.sh host on {host}"]
+
+
+@pytest.mark.parametrize("role, path, ok", [
+    ("image", "/var/lib/one/datastores/1/0a1b2c", True),
+    ("image", "/var/lib/one/datastores/100/0a1b2c", False),  # the system datastore
+    ("image", "/etc/shadow", False),
+    ("image", "/var/lib/one/datastores/1/../../../../etc/shadow", False),
+    ("image", "/var/lib/one/datastores/1//x", False),
+    ("image", "/var/lib/one/datastores/1/sub/x", False),
+    ("image", "/var/lib/one/datastores/1/.hidden", False),
+    ("disk", "/var/lib/one/datastores/100/7/disk.0", True),
+    ("disk", "/var/lib/one/datastores/100/8/disk.0", False),  # another VM
+    ("disk", "/var/lib/one/datastores/101/7/disk.0", False),  # another datastore
+    ("disk", "/var/tmp/100/7/disk.0", False),
+    ("disk", "/var/lib/one/datastores/100/7/disk.0/x", False),
+    ("vm_dir", "/var/lib/one/datastores/100/7", True),
+    ("vm_dir", "/var/lib/one/datastores/100", False),
+    ("vm_dir", "/var/lib/one/datastores/100/7/..", False),
+])
+def test_request_paths_are_confined_to_their_datastore(role, path, ok):
+    stores = confine.Datastores("/var/lib/one/datastores")
+    check = {"image": lambda: stores.image(path, 100),
+             "disk": lambda: stores.disk(path, 100, 7),
+             "vm_dir": lambda: stores.vm_dir(path, 100, 7)}[role]
+    if ok:
+        check()
+    else:
+        with pytest.raises(ProtocolError):
+            check()
+
+
+def test_numbers_are_parsed_strictly():
+    from vaf.one.args import parse_id, parse_size_mb
+
+    assert parse_id("7", "VM id") == 7 and parse_size_mb("1024.0") == 1024
+    for bad in ("7\n", " 7", "+7", "7.0"):
+        with pytest.raises(ProtocolError):
+            parse_id(bad, "VM id")
+    for bad in ("1e3", "1024\n", "-1", "0", "1.5", "nan", "inf", " 64"):
+        with pytest.raises(ProtocolError):
+            parse_size_mb(bad)
 
 
 # --- the written contract between the two halves ----------------------------------------------
 
 def _settings():
-    return Settings(vg="vg-one-100")
+    return Settings()
 
 
 @pytest.mark.parametrize("request_type, fields", [
@@ -304,22 +511,26 @@ def _settings():
     (rq.Premigrate, {"sysdir": "/ds/100/7", "disks": [[0, 0], [1, 64]]}),
 ])
 def test_a_request_survives_its_trip_through_json(request_type, fields):
-    sent = request_type(_settings(), 7, **fields)
+    sent = request_type(_settings(), 7, 100, **fields)
     received = request_type.from_json(json.loads(json.dumps(sent.to_json())))
     assert received == sent
-    assert received.settings.sudo == ("sudo", "-n")  # argv lists come back as tuples
+    assert sent.to_json()["version"] == rq.VERSION
 
 
 @pytest.mark.parametrize("params, message", [
-    ({"vmid": 7, "dst": "/d", "disk_id": 0, "size_mb": 1}, "lacks settings.vg"),
-    ({"settings": {"vg": "v"}, "vmid": "7", "dst": "/d", "disk_id": 0, "size_mb": 1},
+    ({"vmid": 7, "sys_ds": 100, "dst": "/d", "disk_id": 0, "size_mb": 1}, "lacks its settings"),
+    ({"settings": {}, "vmid": "7", "sys_ds": 100, "dst": "/d", "disk_id": 0, "size_mb": 1},
      "'vmid' missing or not int"),
-    ({"settings": {"vg": "v"}, "vmid": 7, "dst": "/d", "disk_id": True, "size_mb": 1},
+    ({"settings": {}, "vmid": 7, "dst": "/d", "disk_id": 0, "size_mb": 1},
+     "'sys_ds' missing or not int"),
+    ({"settings": {}, "vmid": 7, "sys_ds": -1, "dst": "/d", "disk_id": 0, "size_mb": 1},
+     "'sys_ds' out of range"),
+    ({"settings": {}, "vmid": 7, "sys_ds": 100, "dst": "/d", "disk_id": True, "size_mb": 1},
      "'disk_id' missing or not int"),
-    ({"settings": {"vg": "v"}, "vmid": 7, "disk_id": 0, "size_mb": 1},
+    ({"settings": {}, "vmid": 7, "sys_ds": 100, "disk_id": 0, "size_mb": 1},
      "'dst' missing or not str"),
-    ({"settings": {"vg": "v", "sudo": "sudo -n"}, "vmid": 7, "dst": "/d", "disk_id": 0,
-      "size_mb": 1}, "settings.sudo must be a list of strings"),
+    ({"settings": {"mode": "fancy"}, "vmid": 7, "sys_ds": 100, "dst": "/d", "disk_id": 0,
+      "size_mb": 1}, "settings.mode must be one of thin, classic"),
 ])
 def test_a_malformed_request_is_refused_in_one_line(params, message):
     with pytest.raises(ProtocolError, match=message):
@@ -327,8 +538,9 @@ def test_a_malformed_request_is_refused_in_one_line(params, message):
 
 
 def test_monitor_requests_carry_no_vm():
-    request = rq.Monitor(_settings(), None, warn_percent=80.0)
+    request = rq.Monitor(_settings(), None, 100, warn_percent=80.0)
     assert rq.Monitor.from_json(request.to_json()).vmid is None
+    assert rq.Probe.from_json(rq.Probe(_settings(), None, None).to_json()).sys_ds is None
 
 
 def test_premigrate_disks_must_be_id_size_pairs():
@@ -347,21 +559,6 @@ def test_every_conf_key_is_documented_with_its_default():
     doc = (REPO / "docs" / "lvmsnap.md").read_text()
     for setting in SETTINGS:
         assert f"`{setting.key}`" in doc, setting.key
-
-
-def test_a_host_without_vafs_host_command_is_told_to_sync(tmp_path):
-    runner = Runner()  # "the host" is this machine, with an empty remotes tree
-    with pytest.raises(DriverError, match=r"lvmsnap clone: vaf's host-command is missing on "
-                                          r"localhost \(run onehost sync -f\)"):
-        remote.call(runner, "lvmsnap-clone", {}, remotes=str(tmp_path),
-                    python=("/usr/bin/python3", "-S"))
-
-
-def test_a_host_with_an_older_host_command_is_told_to_sync():
-    with pytest.raises(remote.HostFailure, match=r"unknown host command 'lvmsnap-frob' .* on "
-                                                 r"localhost \(its remotes tree is older"):
-        remote.call(Runner(), "lvmsnap-frob", {}, remotes=str(REPO / "remotes"),
-                    python=("/usr/bin/python3", "-S"), stream=io.StringIO())
 
 
 class _Recorder(Exception):

@@ -128,3 +128,17 @@ def closure_files(roots: Iterable[str]) -> list[str]:
     """The closure's files, relative to the package directory (``host/runner.py``, ...)."""
     modules, _ = closure(roots)
     return sorted(os.path.relpath(module_path(m), PACKAGE_DIR) for m in modules)
+
+
+#: remotes/<kind>/ directories whose files oned runs on hypervisors (tm runs on the front-end)
+HOST_KINDS = ("vnm", "hooks", "vmm", "im")
+
+
+def host_roots(registry) -> list[str]:
+    """Every module a hypervisor may start from: the entry points and the registry's host
+    tables (``registry`` is :mod:`vaf.drivers.registry`, passed in: this layer names none)."""
+    roots = set(HOST_ENTRY_POINTS)
+    roots |= {m for (kind, _), m in registry.DRIVERS.items() if kind in HOST_KINDS}
+    for table in ("EXTENSIONS", "HOST_COMMANDS", "PRIVILEGED_COMMANDS", "PROBES"):
+        roots |= set(getattr(registry, table, {}).values())
+    return sorted(roots)

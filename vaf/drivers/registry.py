@@ -24,6 +24,19 @@ EXTENSIONS: dict[str, str] = {
 
 #: host command prefix -> module with ``COMMANDS = {"action": function(params, log)}``
 HOST_COMMANDS: dict[str, str] = {
-    "lvmsnap": "vaf.drivers.lvmsnap.host",
     "cpu": "vaf.drivers.cpu_host",
+}
+
+#: verb prefix of ``/usr/lib/vaf/vaf-privileged <provider>-<action>`` (root, request on stdin,
+#: served by :func:`vaf.one.host_command.serve_privileged`) -> module with ``REQUEST_VERSION``
+#: and ``COMMANDS = {"action": function(params, log, privileged)}``
+PRIVILEGED_COMMANDS: dict[str, str] = {
+    "lvmsnap": "vaf.drivers.lvmsnap.host",
+}
+
+#: host probes: ``remotes/im/<hypervisor>-probes.d/host/system/<name>`` -> module whose
+#: ``PROBE(inv, log)`` prints monitoring lines (a probe never exits non-zero: a failing probe
+#: fails the host's whole monitoring)
+PROBES: dict[str, str] = {
+    "vaf-lvmsnap": "vaf.drivers.lvmsnap.probe",
 }

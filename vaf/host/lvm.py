@@ -133,6 +133,18 @@ class VolumeGroup:
                                     sudo=True)
 
 
+def volume_groups(runner: Runner) -> dict[str, VgUsage]:
+    """Every volume group of the host with its size and free space (one ``vgs``)."""
+    out = runner.run(["vgs", "--noheadings", "--units", "m", "--nosuffix", "--separator",
+                      SEPARATOR, "-o", "vg_name,vg_size,vg_free"], sudo=True).stdout
+    groups = {}
+    for line in out.splitlines():
+        fields = line.strip().split(SEPARATOR)
+        if len(fields) == 3:
+            groups[fields[0]] = VgUsage(parse_mb(fields[1]), parse_mb(fields[2]))
+    return groups
+
+
 #: the columns vaf reads from ``lvs``; sizes in bytes so image sizes compare exactly
 LV_FIELDS = ("lv_name", "lv_attr", "lv_size", "origin", "pool_lv", "data_percent",
              "metadata_percent", "lv_tags")
@@ -163,12 +175,14 @@ class LogicalVolume(namedtuple("LogicalVolume", "name attr size_bytes origin poo
 
     @property
     def is_classic_snapshot(self) -> bool:
-        # s = valid snapshot, S = invalid (its COW overflowed)
+        # s = snapshot, S = invalid snapshot (older lvm)
         return self.attr[:1] in ("s", "S")
 
     @property
     def invalid(self) -> bool:
-        return self.attr.startswith("S")
+        # old lvm: a leading S; lvm 2.03 keeps "s" and shows the state as "I" (5th column:
+        # swi-I-s---); "m" there is a merge failure, as fatal for the VM's disk
+        return self.attr.startswith("S") or (len(self.attr) > 4 and self.attr[4] in "Im")
 
     def tag(self, key: str) -> str | None:
         """The value of a ``key=value`` tag, or None."""
@@ -231,6 +245,23 @@ def _size_args(size: str | int) -> list[str]:
     if text.isdigit():
         return ["-L", f"{text}m"]
     return ["-L", text]
+
+
+def subject(argv: Sequence[str]) -> str:
+    """The volume an LVM argv acts on, for log lines: ``-n <name>``, else the last
+    ``vg/lv`` word, else the last word (``lvcreate lv-one-7-0``, not a tag)."""
+    words = list(argv)
+    if "-n" in words[:-1]:
+        return words[words.index("-n") + 1]
+    for word in reversed(words):
+        if "/" in word and not word.startswith("-") and "=" not in word:
+            return word.rsplit("/", 1)[1]
+    return words[-1] if words else ""
+
+
+def thin_overcommitted(stderr: str) -> bool:
+    """lvm's warning that the thin volumes of a pool add up to more than the pool."""
+    return "exceeds the size of thin pool" in stderr or "exceed the size of thin pool" in stderr
 
 
 def lvs_argv(vg: str) -> list[str]:

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -101,6 +102,14 @@ class CommandTimeout(CommandError):
         return one_line(f"{self.program}{self.where} did not finish within {self.timeout:g} s")
 
 
+class CommandCancelled(CommandError):
+    """The caller's ``cancel`` event was set: the command's process group was killed."""
+
+    @property
+    def reason(self) -> str:
+        return one_line(f"{self.program}{self.where} was stopped: the action was cancelled")
+
+
 class HostUnreachable(CommandError):
     @property
     def reason(self) -> str:
@@ -108,18 +117,41 @@ class HostUnreachable(CommandError):
         return one_line(f"cannot run {self.program} on {self.host}: ssh failed: {detail}")
 
 
-# Lines that never say why a command failed: lvm's descriptor-leak warnings, and the generic
-# trailer it prints after the real cause ("Volume group "x" not found").
-_NOISE = ("File descriptor", "WARNING: Running as", "Cannot process volume group")
+# Lines that never say why a command failed: lvm's descriptor-leak warnings, the generic
+# trailer it prints after the real cause ("Volume group "x" not found"), help pointers and
+# usage blocks that follow the cause (lvcreate, mkfs.xfs), dd's record counts.
+_NOISE = ("File descriptor", "WARNING: Running as", "Cannot process volume group", "Run `",
+          "Usage:", "usage:")
+_NOISE_RE = re.compile(r"^\d+\+\d+ records (in|out)$|^\d+ bytes .* copied")
+_CAUSE_RE = re.compile(r"error|fail|invalid|cannot|can't|not |must|insufficient|denied|"
+                       r"no space|too (small|large)|refus|larger than|smaller than",
+                       re.IGNORECASE)
+
+
+def _meaningful(text: str) -> list[str]:
+    lines = []
+    for raw in text.replace("\r", "\n").splitlines():
+        line = raw.strip()
+        if not line or raw[:1] == "\t" or line.startswith(_NOISE + ("/*", "[")) \
+                or _NOISE_RE.match(line):
+            continue  # tab-indented, /* */ and [option] lines belong to usage blocks
+        lines.append(line)
+    return lines
 
 
 def last_meaningful_line(text: str) -> str:
-    """The last stderr line that explains the failure (noise skipped, if anything remains)."""
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    for line in reversed(lines):
-        if not line.startswith(_NOISE):
-            return line
-    return lines[-1] if lines else ""
+    """What a command's stderr says about why it failed, in one line.
+
+    The lines that name a cause (error, invalid, must, cannot, ...) win over the last line,
+    which is often a help pointer or a usage block; two causes are joined with "; ".
+    """
+    lines = _meaningful(text)
+    if not lines:
+        stripped = [line.strip() for line in text.splitlines() if line.strip()]
+        return stripped[-1] if stripped else ""
+    causes = [line for line in lines if _CAUSE_RE.search(line)]
+    chosen = list(dict.fromkeys(causes))[:2] or lines[-1:]
+    return "; ".join(chosen)
 
 
 def check_argv(argv: Sequence[str]) -> tuple[str, ...]:
@@ -188,8 +220,14 @@ class Runner:
 
     def run(self, argv: Sequence[str], *, sudo: bool = False, timeout: float | None = None,
             input: str | bytes | None = None, check: bool = True,
-            on_stderr_line: LineSink | None = None) -> Result:
-        """Run ``argv``; raise a :class:`CommandError` on failure when ``check`` is true."""
+            on_stderr_line: LineSink | None = None, hold_stdin: bool = False,
+            cancel: threading.Event | None = None) -> Result:
+        """Run ``argv``; raise a :class:`CommandError` on failure when ``check`` is true.
+
+        ``hold_stdin``: after ``input``, keep the command's stdin open until it exits, so it
+        sees EOF only if we die (the privileged host half stops and undoes its work then).
+        ``cancel``: once set, the command's process group is killed (:class:`CommandCancelled`).
+        """
         command = check_argv(argv)
         for observer in self.observers:
             observer(self.host, command)
@@ -197,10 +235,13 @@ class Runner:
         limit = timeout if timeout is not None else self.timeout
         started = time.monotonic()
         try:
-            code, out, err = _execute(full, input, limit, on_stderr_line)
+            code, out, err = _execute(full, input, limit, on_stderr_line, hold_stdin, cancel)
         except FileNotFoundError:
             raise CommandNotFound(command, self.host, COMMAND_NOT_FOUND) from None
         except _Timeout as expired:
+            if expired.cancelled:
+                raise CommandCancelled(command, self.host, None, expired.stdout,
+                                       expired.stderr) from None
             raise CommandTimeout(command, self.host, limit or 0, expired.stdout,
                                  expired.stderr) from None
         result = Result(command, self.host, code, out, err, time.monotonic() - started)
@@ -240,10 +281,11 @@ class Runner:
 
 
 class _Timeout(Exception):
-    def __init__(self, stdout: str, stderr: str):
+    def __init__(self, stdout: str, stderr: str, cancelled: bool = False):
         super().__init__("timeout")
         self.stdout = stdout
         self.stderr = stderr
+        self.cancelled = cancelled
 
 
 def _child_env() -> dict[str, str]:
@@ -253,7 +295,8 @@ def _child_env() -> dict[str, str]:
 
 
 def _execute(argv: Sequence[str], input: str | bytes | None, timeout: float | None,
-             on_stderr_line: LineSink | None) -> tuple[int, str, str]:
+             on_stderr_line: LineSink | None, hold_stdin: bool = False,
+             cancel: threading.Event | None = None) -> tuple[int, str, str]:
     """Execute with captured output; kill the process group on timeout."""
     data = input.encode() if isinstance(input, str) else input
     proc = subprocess.Popen(  # argv list, no shell
@@ -267,13 +310,17 @@ def _execute(argv: Sequence[str], input: str | bytes | None, timeout: float | No
                               daemon=True)]
     for pump in pumps:
         pump.start()
-    _feed(proc, data)
+    _feed(proc, data, close=not hold_stdin)
     try:
-        proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
+        stopped = _wait(proc, timeout, cancel)
+    finally:
+        if hold_stdin and proc.stdin is not None:
+            _close_stdin(proc)
+    if stopped:
         _kill_group(proc)
         _join(pumps, PIPE_GRACE_SECONDS)
-        raise _Timeout(_decode(b"".join(out_chunks)), _decode(b"".join(err_chunks))) from None
+        raise _Timeout(_decode(b"".join(out_chunks)), _decode(b"".join(err_chunks)),
+                       cancelled=stopped == "cancelled")
     # A daemonised grandchild (an ssh ControlPersist master, say) may keep our pipes open
     # forever: like oned, give the readers a short grace period once the command has exited.
     _join(pumps, PIPE_GRACE_SECONDS)
@@ -281,18 +328,43 @@ def _execute(argv: Sequence[str], input: str | bytes | None, timeout: float | No
             _decode(b"".join(err_chunks)))
 
 
-def _feed(proc: subprocess.Popen, data: bytes | None) -> None:
+def _wait(proc: subprocess.Popen, timeout: float | None,
+          cancel: threading.Event | None) -> str:
+    """Wait for the exit: "" when it exited, else "timeout" or "cancelled"."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        step = 0.2 if cancel is not None else None
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            step = left if step is None else min(step, left)
+        try:
+            proc.wait(timeout=None if step is None else max(step, 0))
+            return ""
+        except subprocess.TimeoutExpired:
+            if cancel is not None and cancel.is_set():
+                return "cancelled"
+            if deadline is not None and time.monotonic() >= deadline:
+                return "timeout"
+
+
+def _feed(proc: subprocess.Popen, data: bytes | None, close: bool = True) -> None:
     if data is None:
         return
     try:
         proc.stdin.write(data)
+        proc.stdin.flush()
     except BrokenPipeError:
         pass  # the command exited without reading its input; its exit code tells the rest
     finally:
-        try:
-            proc.stdin.close()
-        except BrokenPipeError:
-            pass
+        if close:
+            _close_stdin(proc)
+
+
+def _close_stdin(proc: subprocess.Popen) -> None:
+    try:
+        proc.stdin.close()
+    except (BrokenPipeError, OSError):
+        pass
 
 
 def _join(threads: list[threading.Thread], grace: float) -> None:

@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 from vaf.lab import oned
+from vaf.lab.host_install import install_host
 from vaf.lab.oned_logs import OnedLogs
 
 REPO = Path(__file__).resolve().parents[2]
@@ -27,6 +28,20 @@ REMOTE_DIR = "/var/tmp/one-lvmsnap"  # our own copy: other suites may sync /var/
 SYS_DS = 100
 IMG_DS = 1
 MB = 1024 * 1024
+DATASTORES = "/var/lib/one/datastores"
+#: the image datastore as the host's root-owned conf confines it: a root-owned symlink to the
+#: testbed's shared dir (mounted at its own path in the guest, as a GlusterFS mount would be)
+IMAGE_DIR = f"{DATASTORES}/{IMG_DS}"
+
+
+def prepare_host(tb, vg: str = f"vg-one-{SYS_DS}", conf: dict[str, str] | None = None) -> None:
+    """The hypervisor's side of an lvmsnap install: the VG on /dev/vdb, the datastores
+    (oneadmin's, the image datastore linked to the shared dir) and the privileged host
+    part as ``install.sh host`` installs it."""
+    tb.ssh(f"pvcreate -qff -y /dev/vdb && vgcreate -q {vg} /dev/vdb && "
+           f"mkdir -p {DATASTORES} && chown oneadmin: /var/lib/one {DATASTORES} && "
+           f"ln -sfn {shlex.quote(tb.shared_dir)} {IMAGE_DIR}")
+    install_host(tb, conf)
 
 ONEVM_STUB = """\
 import sys
@@ -58,7 +73,6 @@ class LvmsnapEnv:
         (work / "onevm.py").write_text(ONEVM_STUB)
         self.base_conf = {
             "SSH": f"ssh -F {tb.ssh_config}",
-            "REMOTE_DIR": REMOTE_DIR,
             "ONEVM": f"{sys.executable} {work / 'onevm.py'} {self.vms}",
             "PROGRESS_SECONDS": "0",
         }
@@ -144,8 +158,12 @@ class LvmsnapEnv:
 
     # -- images on the shared mount -------------------------------------------------------------
 
+    def local(self, image: str) -> Path:
+        """Where an image path of the datastore lives on this machine (the shared dir)."""
+        return Path(self.tb.shared_dir) / os.path.relpath(image, IMAGE_DIR)
+
     def image(self, name: str, size_mb: float, seed: int) -> tuple[str, str]:
-        """Write a deterministic pseudo-random image; (path, sha256)."""
+        """Write a deterministic pseudo-random image; (its datastore path, sha256)."""
         path = Path(self.tb.shared_dir) / name
         generator, digest = random.Random(seed), hashlib.sha256()
         temporary = path.with_name(path.name + ".tmp")
@@ -159,7 +177,7 @@ class LvmsnapEnv:
         if os.geteuid() == 0:
             os.chown(temporary, ONEADMIN_UID, ONEADMIN_UID)
         os.replace(temporary, path)
-        return str(path), digest.hexdigest()
+        return f"{IMAGE_DIR}/{name}", digest.hexdigest()
 
     # -- the hypervisor -------------------------------------------------------------------------
 

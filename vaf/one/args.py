@@ -17,8 +17,10 @@ from vaf.errors import ProtocolError
 # RFC 1123 host names plus IPv4 literals; oned writes host names from `onehost create`.
 _HOST_RE = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
                       r"(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
-_DISK_RE = re.compile(r"^disk\.([0-9]+)$")
-_ID_RE = re.compile(r"^[0-9]{1,10}$")
+# \Z, not $: "$" also matches before a trailing newline ("7\n" is not an id)
+_DISK_RE = re.compile(r"^disk\.([0-9]+)\Z")
+_ID_RE = re.compile(r"^[0-9]{1,10}\Z")
+_SIZE_RE = re.compile(r"^[0-9]{1,13}(\.0+)?\Z")
 
 
 @dataclass(frozen=True)
@@ -72,13 +74,12 @@ def parse_id(text: str, what: str) -> int:
 
 def parse_size_mb(text: str, what: str = "size") -> int:
     """A positive size in MB as oned writes it (integer; ``"1024.0"`` tolerated)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise ProtocolError(f"{what} must be a number of MB, got {text!r}") from None
-    if not value.is_integer() or value <= 0 or value > 2**40:
+    if not _SIZE_RE.match(text):  # no exponents, signs, blanks or fractions
         raise ProtocolError(f"{what} must be a positive whole number of MB, got {text!r}")
-    return int(value)
+    value = int(text.split(".")[0])
+    if value <= 0 or value > 2**40:
+        raise ProtocolError(f"{what} must be a positive whole number of MB, got {text!r}")
+    return value
 
 
 def disk_id_from_path(path: str) -> int:

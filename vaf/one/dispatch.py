@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import re
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -72,11 +73,20 @@ class Invocation:
 Action = Callable[[Invocation, DriverLog], "int | None"]
 
 
+_PROBE_DIR_RE = re.compile(
+    r"^(?P<remotes>.+)/im/(?P<driver>[A-Za-z0-9_-]+-probes\.d/host/system)\Z")
+
+
 def locate(script: str, argv: Sequence[str],
            environ: Mapping[str, str] | None = None) -> Invocation:
     """Derive kind, driver and action from the script's path inside the remotes tree."""
     path = os.path.abspath(script)
     parent, name = os.path.split(path)
+    probe = _PROBE_DIR_RE.match(parent)
+    if probe:  # im/<hypervisor>-probes.d/host/system/<name>: one level deeper than actions
+        return Invocation(remotes=probe.group("remotes"), kind="im",
+                          driver=probe.group("driver"), action=name, args=tuple(argv),
+                          program=None, environ=dict(os.environ if environ is None else environ))
     program = None
     if parent.endswith(".d"):
         program = name
@@ -92,6 +102,11 @@ def locate(script: str, argv: Sequence[str],
 def resolve(inv: Invocation, registry=None) -> Action:
     """The function serving ``inv``; a :class:`ProtocolError` if nothing does."""
     registry = registry or importlib.import_module(REGISTRY)
+    if inv.kind == "im" and inv.driver.endswith("-probes.d/host/system"):
+        module_name = registry.PROBES.get(inv.action)
+        if module_name is None:
+            raise ProtocolError(f"no vaf probe is registered as {inv.action!r}")
+        return importlib.import_module(module_name).PROBE
     module_name = (registry.EXTENSIONS.get(inv.program) if inv.program
                    else registry.DRIVERS.get((inv.kind, inv.driver)))
     if module_name is None:

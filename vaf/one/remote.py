@@ -21,11 +21,14 @@ from __future__ import annotations
 
 import json
 import re
+import select
+import signal
 import sys
+import threading
 from collections.abc import Mapping, Sequence
 
 from vaf.errors import DriverError, VafError, one_line
-from vaf.host.runner import CommandError, HostUnreachable, Result, Runner
+from vaf.host.runner import CommandCancelled, CommandError, HostUnreachable, Result, Runner
 from vaf.one.log import DriverLog, active, ascii_text
 
 #: the entry point inside a remotes tree (``onehost sync`` copies it to every host)
@@ -35,6 +38,15 @@ DEFAULT_PYTHON = ("python3", "-S")
 #: what python3 says when the script it should run does not exist
 NOT_THERE = "can't open file"
 _TAGGED_RE = re.compile(r"^(ERROR|INFO|WARN|DEBUG):\s+")
+#: the root-owned entry point of host halves that need root (``share/sudoers/vaf``)
+DEFAULT_PRIVILEGED = ("sudo", "-n", "/usr/lib/vaf/vaf-privileged")
+#: what ssh itself says when it could not connect or log in (anything else on a 255 exit:
+#: the remote command died by a signal, and ssh prints nothing of its own)
+_SSH_OWN = ("ssh:", "Connection ", "Permission denied", "Host key", "kex_exchange",
+            "Could not resolve", "Bad owner", "no such identity", "banner exchange")
+_SUDO_REFUSED = ("sudo: a password is required", "sudo: a terminal is required",
+                 "is not allowed to execute", "sudo: sorry", "command not found",
+                 "No such file or directory", "is not in the sudoers file")
 
 
 class HostFailure(VafError):
@@ -72,10 +84,14 @@ class Relay:
         out.flush()
 
     def failure(self, err: CommandError, what: str) -> VafError:
-        if isinstance(err, HostUnreachable) and self.tagged and not self.untagged:
-            # ssh also exits 255 when the remote command dies by a signal
-            return DriverError(f"{what} on {err.host} ended abnormally (killed, or the "
-                               "connection was lost)")
+        if isinstance(err, CommandCancelled):
+            return DriverError(f"{what} on {err.host or 'localhost'} was cancelled (oned "
+                               "stopped waiting); the host undoes what it made")
+        if isinstance(err, HostUnreachable) and not any(
+                line.startswith(_SSH_OWN) for line in self.untagged):
+            # ssh exits 255 with nothing of its own when the remote command dies by a signal
+            return DriverError(f"{what} on {err.host} was killed before it finished (by a "
+                               "signal: an admin, the OOM killer, a reboot)")
         if isinstance(err, HostUnreachable) or not self.untagged:
             return err
         where = err.host or "localhost"
@@ -115,3 +131,69 @@ def call(runner: Runner, command: str, params: Mapping[str, object], *, remotes:
         return runner.run(argv, input=input, on_stderr_line=relay.line)
     except CommandError as err:
         raise relay.failure(err, command.replace("-", " ", 1)) from None
+
+
+def privileged_failure(relay: Relay, err: CommandError, what: str) -> VafError:
+    """A failed privileged call: sudo's refusals and a missing helper name the fix."""
+    where = err.host or "localhost"
+    if not relay.tagged and any(m in line for line in relay.untagged for m in _SUDO_REFUSED):
+        return DriverError(f"{what}: sudo cannot run /usr/lib/vaf/vaf-privileged on {where} "
+                           f"({one_line(relay.untagged[-1])}): run install.sh host on {where}")
+    return relay.failure(err, what)
+
+
+class _OnedWatch:
+    """Notices that oned stopped listening (DRIVER_CANCEL, a MAD restart: our stderr pipe
+    loses its reader) or asked us to stop (SIGTERM), and sets ``cancel``."""
+
+    def __init__(self, cancel: threading.Event, fd: int = 2):
+        self.cancel = cancel
+        self.fd = fd
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._watch, name="oned-watch", daemon=True)
+        self.previous = None
+
+    def __enter__(self) -> _OnedWatch:
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGTERM, lambda *_: self.cancel.set())
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.done.set()
+        if self.previous is not None:
+            signal.signal(signal.SIGTERM, self.previous)
+
+    def _watch(self) -> None:
+        poller = select.poll()
+        try:
+            poller.register(self.fd, 0)  # 0: only POLLERR / POLLHUP / POLLNVAL are reported
+        except (OSError, ValueError):
+            return
+        while not self.done.is_set():
+            if poller.poll(300):
+                self.cancel.set()
+                return
+
+
+def call_privileged(runner: Runner, command: str, params: Mapping[str, object], *,
+                    program: Sequence[str] = DEFAULT_PRIVILEGED, payload: bytes = b"",
+                    stream=None) -> Result:
+    """Run ``<program> <command>`` where ``runner`` points, the request on its stdin.
+
+    stdin: the JSON line, ``payload`` (announced as ``payload_bytes``), then nothing until
+    the call ends: the host half takes EOF as "the front-end is gone" and undoes its work.
+    If oned cancels this action (our stderr loses its reader) or SIGTERMs us, the ssh is
+    killed, which gives the host that EOF.
+    """
+    body = dict(params)
+    body["payload_bytes"] = len(payload)
+    data = json.dumps(body, separators=(",", ":")).encode() + b"\n" + payload
+    relay = Relay(stream)
+    cancel = threading.Event()
+    try:
+        with _OnedWatch(cancel):
+            return runner.run([*program, command], input=data, hold_stdin=True, cancel=cancel,
+                              on_stderr_line=relay.line)
+    except CommandError as err:
+        raise privileged_failure(relay, err, command.replace("-", " ", 1)) from None

@@ -4,9 +4,10 @@ Every TM action oned may call is listed in :data:`ACTIONS`; the executables unde
 ``remotes/tm/lvmsnap/`` are the launcher installed under those names. Each action checks oned's
 argv, reads what it needs from the conf and (at most once) from ``onevm show -x``, then sends
 **one** typed request (:mod:`vaf.drivers.lvmsnap.requests`) through :mod:`vaf.one.remote`:
-one ssh call running ``host-command lvmsnap-<command>`` on the hypervisor
-(:mod:`vaf.drivers.lvmsnap.host` does the work there), whose tagged log lines and reason line
-reach oned unchanged.
+one ssh call running ``sudo -n /usr/lib/vaf/vaf-privileged lvmsnap-<command>`` on the
+hypervisor with the request on stdin (:mod:`vaf.drivers.lvmsnap.host` does the work there, as
+root, from the root-owned install), whose tagged log lines and reason line reach oned
+unchanged. If oned cancels the action, the call is cut and the host undoes its work.
 
 The cache layout and key are described in :mod:`vaf.drivers.lvmsnap.cache` and
 ``docs/lvmsnap.md``.
@@ -25,7 +26,6 @@ from vaf.drivers.lvmsnap.settings import Settings, front_end
 from vaf.errors import DriverError, ProtocolError
 from vaf.host.fs import SUPPORTED_FS
 from vaf.host.iso import find_iso_tool, iso_argv
-from vaf.host.lvm import system_vg_name
 from vaf.host.runner import CommandError, Result
 from vaf.one import remote
 from vaf.one.args import (
@@ -48,19 +48,18 @@ MKIMAGE_FS = ("xfs", "ext2", "ext3", "ext4", "raw", "swap")
 
 # --- configuration -------------------------------------------------------------------------
 
-def settings(inv: Invocation, sys_ds: int) -> Settings:
-    """The host-side settings from ``lvmsnap.conf`` (keys and defaults: :mod:`.settings`)."""
-    return Settings.from_config(inv.config, system_vg_name(sys_ds))
+def settings(inv: Invocation, sys_ds: int | None = None) -> Settings:
+    """The host-side policy from ``lvmsnap.conf`` (keys and defaults: :mod:`.settings`)."""
+    return Settings.from_config(inv.config)
 
 
 # --- calling the host side -------------------------------------------------------------------
 
-def host_call(inv: Invocation, host: str | None, request, input: bytes | None = None) -> Result:
-    """Send ``request`` to ``host-command lvmsnap-<command>`` on ``host`` (None: here)."""
-    remotes = inv.remotes if host is None else front_end(inv.config, "REMOTE_DIR")
-    return remote.call(inv.runner.on(host), f"lvmsnap-{request.COMMAND}", request.to_json(),
-                       remotes=remotes, python=front_end(inv.config, "HOST_PYTHON"),
-                       input=input)
+def host_call(inv: Invocation, host: str | None, request, input: bytes = b"") -> Result:
+    """Send ``request`` to the privileged ``lvmsnap-<command>`` on ``host`` (None: here)."""
+    return remote.call_privileged(inv.runner.on(host), f"lvmsnap-{request.COMMAND}",
+                                  request.to_json(),
+                                  program=front_end(inv.config, "PRIVILEGED"), payload=input)
 
 
 # --- reading oned's arguments and the VM -------------------------------------------------------
@@ -106,7 +105,7 @@ def _clone_or_ln(inv: Invocation, log: DriverLog, command: str) -> int:
     dst, disk_id, sys_ds = disk_target(args["DST"])
     size_mb = read_vm(inv, vmid).disk(disk_id).size_mb
     kind = rq.Clone if command == "clone" else rq.Ln
-    host_call(inv, dst.host, kind(settings(inv, sys_ds), vmid, src=src.path, dst=dst.path,
+    host_call(inv, dst.host, kind(settings(inv), vmid, sys_ds, src=src.path, dst=dst.path,
                                   disk_id=disk_id, size_mb=size_mb))
     return 0
 
@@ -121,16 +120,33 @@ def ln(inv: Invocation, log: DriverLog) -> int:
     return _clone_or_ln(inv, log, "ln")
 
 
-def mkimage_fs(fmt: str, disk_fs: str | None, default_fs: str) -> str:
+#: xfsprogs 5.19 and later refuse filesystems under 300 MB
+XFS_MIN_MB = 300
+#: what a small disk gets when XFS is only the default (no DISK/FS): ext4 works at any size
+SMALL_DISK_FS = "ext4"
+
+
+def mkimage_fs(fmt: str, disk_fs: str | None, default_fs: str, size_mb: int = XFS_MIN_MB) -> str:
     """The filesystem of a volatile disk: DISK/FS, else a legacy FORMAT naming one, else the
-    conf default (``xfs``); ``raw`` leaves the volume unformatted."""
+    conf default (``xfs``); ``raw`` leaves the volume unformatted.
+
+    XFS cannot be smaller than 300 MB: a disk under that size whose XFS is only the default
+    gets ext4; one whose DISK/FS asks for XFS is refused with the reason.
+    """
     # FORMAT is the image format (raw, qcow2) since 4.x; in 3.x it named the filesystem
-    for candidate in (disk_fs, fmt if fmt in SUPPORTED_FS else None, default_fs):
+    legacy = fmt if fmt in SUPPORTED_FS else None
+    for candidate, explicit in ((disk_fs, True), (legacy, True), (default_fs, False)):
         if candidate:
             lowered = candidate.lower()
             if lowered not in MKIMAGE_FS:
                 raise DriverError(f"unsupported filesystem {candidate!r} for a volatile disk "
                                   f"(supported: {', '.join(MKIMAGE_FS)})")
+            if lowered == "xfs" and size_mb < XFS_MIN_MB:
+                if explicit:
+                    raise DriverError(f"XFS needs at least {XFS_MIN_MB} MB (xfsprogs refuses "
+                                      f"smaller filesystems); this disk has {size_mb} MB: "
+                                      "use FS=ext4 or a larger SIZE")
+                return SMALL_DISK_FS
             return lowered
     return "raw"
 
@@ -139,7 +155,7 @@ def _make_volume(inv: Invocation, log: DriverLog, size_text: str, dst_text: str,
                  fs_type: str) -> int:
     size_mb = parse_size_mb(size_text, "disk size")
     dst, disk_id, sys_ds = disk_target(dst_text)
-    host_call(inv, dst.host, rq.Mkimage(settings(inv, sys_ds), vmid, dst=dst.path,
+    host_call(inv, dst.host, rq.Mkimage(settings(inv), vmid, sys_ds, dst=dst.path,
                                         disk_id=disk_id, size_mb=size_mb, fs=fs_type))
     return 0
 
@@ -150,8 +166,9 @@ def mkimage(inv: Invocation, log: DriverLog) -> int:
     disk_id = disk_id_from_path(parse_host_path(args["DST"], "disk path").path)
     fmt = args["FORMAT"].lower()
     disk_fs = None if fmt == "swap" else read_vm(inv, vmid).disk(disk_id).fs
+    size_mb = parse_size_mb(args["SIZE"], "disk size")
     fs_type = "swap" if fmt == "swap" else mkimage_fs(
-        fmt, disk_fs, front_end(inv.config, "MKIMAGE_DEFAULT_FS"))
+        fmt, disk_fs, front_end(inv.config, "MKIMAGE_DEFAULT_FS"), size_mb)
     return _make_volume(inv, log, args["SIZE"], args["DST"], vmid, fs_type)
 
 
@@ -166,7 +183,7 @@ def delete(inv: Invocation, log: DriverLog) -> int:
     args, vmid = start(inv, log, ["PATH", "VMID", "DSID"])
     path = parse_host_path(args["PATH"], "path")
     sys_ds = system_ds_from_path(path.path)
-    host_call(inv, host_of(path, "path"), rq.Delete(settings(inv, sys_ds), vmid,
+    host_call(inv, host_of(path, "path"), rq.Delete(settings(inv), vmid, sys_ds,
                                                     path=path.path,
                                                     is_disk=is_disk_path(path.path)))
     return 0
@@ -182,7 +199,7 @@ def mv(inv: Invocation, log: DriverLog) -> int:
                           f"{src} to another host (use live migration)")
     if system_ds_from_path(src.path) != system_ds_from_path(dst.path):
         raise DriverError("lvmsnap cannot move a VM between system datastores")
-    request = rq.Mv(settings(inv, system_ds_from_path(dst.path)), vmid, src=src.path,
+    request = rq.Mv(settings(inv), vmid, system_ds_from_path(dst.path), src=src.path,
                     dst=dst.path, is_disk=is_disk_path(src.path))
     host_call(inv, host_of(dst, "destination"), request)
     return 0
@@ -206,7 +223,7 @@ def cpds(inv: Invocation, log: DriverLog) -> int:
 def _save(inv: Invocation, src_text: str, dst_text: str, vmid: int, kind) -> int:
     src, disk_id, sys_ds = disk_target(src_text)
     dst = parse_host_path(dst_text, "image path")
-    host_call(inv, src.host, kind(settings(inv, sys_ds), vmid, src=src.path, dst=dst.path,
+    host_call(inv, src.host, kind(settings(inv), vmid, sys_ds, src=src.path, dst=dst.path,
                                   disk_id=disk_id))
     return 0
 
@@ -215,7 +232,7 @@ def resize(inv: Invocation, log: DriverLog) -> int:
     """``resize host:DISK SIZE VMID DSID``: grow a thin or persistent disk."""
     args, vmid = start(inv, log, ["DISK", "SIZE", "VMID", "DSID"])
     disk, _, sys_ds = disk_target(args["DISK"])
-    host_call(inv, disk.host, rq.Resize(settings(inv, sys_ds), vmid, path=disk.path,
+    host_call(inv, disk.host, rq.Resize(settings(inv), vmid, sys_ds, path=disk.path,
                                         size_mb=parse_size_mb(args["SIZE"], "disk size")))
     return 0
 
@@ -229,7 +246,7 @@ def context(inv: Invocation, log: DriverLog) -> int:
         raise ProtocolError("context expects the context.sh path before the destination")
     dst, _, sys_ds = disk_target(args["DST"])
     iso = build_context_iso(inv, sources)
-    host_call(inv, dst.host, rq.Context(settings(inv, sys_ds), vmid, dst=dst.path), input=iso)
+    host_call(inv, dst.host, rq.Context(settings(inv), vmid, sys_ds, dst=dst.path), input=iso)
     return 0
 
 
@@ -283,7 +300,7 @@ def premigrate(inv: Invocation, log: DriverLog) -> int:
     """Make the VM's disks exist on the destination host before the hypervisor copies them."""
     _, dst_host, sysdir, vmid, sys_ds = _migrate_args(inv, log)
     disks = migrate_disks(inv.read_stdin("VM payload"))
-    host_call(inv, dst_host, rq.Premigrate(settings(inv, sys_ds), vmid, sysdir=sysdir,
+    host_call(inv, dst_host, rq.Premigrate(settings(inv), vmid, sys_ds, sysdir=sysdir,
                                            disks=disks))
     return 0
 
@@ -292,7 +309,7 @@ def _after_migration(inv: Invocation, log: DriverLog, kind, on_source: bool) -> 
     src_host, dst_host, sysdir, vmid, sys_ds = _migrate_args(inv, log)
     inv.read_stdin("VM payload")  # oned sends it; these steps need only the VM dir
     host_call(inv, src_host if on_source else dst_host,
-              kind(settings(inv, sys_ds), vmid, sysdir=sysdir))
+              kind(settings(inv), vmid, sys_ds, sysdir=sysdir))
     return 0
 
 
@@ -309,9 +326,10 @@ def failmigrate(inv: Invocation, log: DriverLog) -> int:
 def monitor(inv: Invocation, log: DriverLog) -> int:
     """``monitor DSID`` with the base64 DS_DRIVER_ACTION_DATA on stdin (system datastore).
 
-    Like fs_lvm, asks the first host of the datastore's BRIDGE_LIST (the VG is on the hosts),
-    or this machine when there is none. Prints USED_MB, FREE_MB and TOTAL_MB as ``vgs`` sees
-    them, then the cache size and how full each thin pool and classic snapshot is.
+    oned runs this only for a *shared* system datastore; for lvmsnap's non-shared one the
+    scheduler's figures come from each host's probe (:mod:`.probe`). Like fs_lvm, asks the
+    first host of BRIDGE_LIST, or this machine. Prints what is free for new disks (the pool's
+    under THIN_OVERCOMMIT, see :mod:`.monitor`), the cache, pool and snapshot fullness.
     """
     args = expect_args(inv.args, ["DSID"], "monitor")
     ds_id = parse_id(args["DSID"], "datastore id")
@@ -320,7 +338,7 @@ def monitor(inv: Invocation, log: DriverLog) -> int:
         raise ProtocolError(f"monitor called for datastore {ds_id} with the payload of "
                             f"datastore {action.datastore.ds_id}")
     hosts = action.datastore.template.get("BRIDGE_LIST", "").split()
-    request = rq.Monitor(settings(inv, ds_id), None,
+    request = rq.Monitor(settings(inv), None, ds_id,
                          warn_percent=front_end(inv.config, "MONITOR_WARN_PERCENT"))
     result = host_call(inv, hosts[0] if hosts else None, request)
     sys.stdout.write(result.stdout)

@@ -9,10 +9,12 @@ Layout in ``vg-one-<system ds>``:
 * ``vaf-pool``: the thin pool holding the VM disks (thin snapshots of caches, scratch disks).
 * ``lv-one-<vmid>-<disk>``: VM disks, as fs_lvm names them.
 
-The key is a hash of the image's path, size, mtime and ctime (nanoseconds) as the hypervisor
-sees them on the shared mount. A checksum would be more exact but costs a full read of the
-image on every clone, which is what the cache exists to avoid; rewriting an image (cp, dd,
-qemu-img, rename over it) always changes mtime or ctime, and ctime cannot be set back by users.
+The key is a hash of the image's path, size, mtime (nanoseconds) and inode as the hypervisor
+sees them on the shared mount: what changes when the content does. A checksum would be more
+exact but costs a full read of the image on every clone, which is what the cache exists to
+avoid; writing an image (cp, dd, qemu-img) changes its mtime, a rename over it its inode.
+ctime is left out: ``chmod``, ``chown`` or a new hard link change it and not the bytes, and
+each would have cost a refill and one more cache of identical content.
 The tags say what a cache holds (``vaf.src=``, ``vaf.bytes=``, ``vaf.mtime=``) and when it was
 last used (``vaf.used=<epoch>``), so the VG itself is the one record: nothing can drift.
 
@@ -41,23 +43,23 @@ BYTES_TAG = "vaf.bytes"
 SRC_TAG = "vaf.src"
 PERSISTENT_TAG = "vaf.persistent"
 KEY_LENGTH = 24
-_VM_DISK_RE = re.compile(r"^lv-one-(\d+)-(\d+)$")
+_VM_DISK_RE = re.compile(r"^lv-one-(\d+)-(\d+)\Z")
 
 
-class ImageStat(namedtuple("ImageStat", "path size mtime_ns ctime_ns")):
+class ImageStat(namedtuple("ImageStat", "path size mtime_ns inode")):
     """What identifies an image's content as the host sees it (a namedtuple: it is created
     on every clone, and a dataclass costs measurable import time on a TCG-slow host)."""
 
     __slots__ = ()
 
     @classmethod
-    def of(cls, path: str) -> ImageStat:
-        st = os.stat(path)
-        return cls(path, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    def of(cls, path: str, fd: int | None = None) -> ImageStat:
+        st = os.stat(path) if fd is None else os.fstat(fd)
+        return cls(path, st.st_size, st.st_mtime_ns, st.st_ino)
 
     @property
     def key(self) -> str:
-        text = f"{self.path}\0{self.size}\0{self.mtime_ns}\0{self.ctime_ns}"
+        text = f"{self.path}\0{self.size}\0{self.mtime_ns}\0{self.inode}"
         return sha256(text.encode()).hexdigest()[:KEY_LENGTH]
 
     @property
@@ -99,6 +101,27 @@ def last_used(lv: LogicalVolume) -> int:
 def caches_in_use(volumes: Mapping[str, LogicalVolume]) -> set[str]:
     """Caches some LV (a VM disk snapshot) has as its origin."""
     return {lv.origin for lv in volumes.values() if lv.origin.startswith(CACHE_PREFIX)}
+
+
+def superseded_caches(volumes: Mapping[str, LogicalVolume], path: str,
+                      current: str) -> list[str]:
+    """Unused caches of an older version of the image at ``path`` (never hit again)."""
+    busy = caches_in_use(volumes)
+    return sorted(lv.name for lv in volumes.values()
+                  if is_cache(lv) and lv.name != current and lv.name not in busy
+                  and lv.tag(SRC_TAG) == path)
+
+
+def vm_volumes(volumes: Mapping[str, LogicalVolume], vmid: int,
+               disk_id: int | None = None) -> list[str]:
+    """The VM's disk volumes by name and vaf's tag (``disk_id``: only that one)."""
+    found = []
+    for lv in volumes.values():
+        parsed = parse_vm_disk_name(lv.name)
+        if (parsed and parsed[0] == vmid and (disk_id is None or parsed[1] == disk_id)
+                and MARKER_TAG in lv.tags):
+            found.append(lv.name)
+    return sorted(found)
 
 
 def stale_fills(volumes: Iterable[LogicalVolume]) -> list[str]:

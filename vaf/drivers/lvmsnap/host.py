@@ -1,69 +1,135 @@
-"""lvmsnap on the hypervisor: the commands ``host-command lvmsnap-<action>`` runs there.
+"""lvmsnap on the hypervisor: ``sudo -n /usr/lib/vaf/vaf-privileged lvmsnap-<action>``.
 
 The front-end action (:mod:`vaf.drivers.lvmsnap.actions`) validates oned's argv, reads the
-conf and the VM XML, and sends one typed request (:mod:`vaf.drivers.lvmsnap.requests`) through
-a single ssh round trip. Everything that touches LVM, the shared image mount or the VM
-directory happens here, as ``oneadmin``; LVM, dd and mkfs run with ``sudo -n`` (the rules are
-in ``share/sudoers/vaf``). LVM commands are methods of :class:`vaf.host.lvm.VolumeGroup`.
+conf and the VM XML, and sends one typed request (:mod:`vaf.drivers.lvmsnap.requests`) on the
+stdin of the privileged entry point, through a single ssh round trip. This half runs as root
+from the root-owned copy of vaf in /usr/lib/vaf/lib (never the remotes tree oneadmin can
+write), and trusts nothing of the request that names a place:
+
+* where: the datastore location, the volume group prefix (``vg-one-<system ds>``), the
+  datastores' owner and the state directory come from /usr/lib/vaf/privileged.conf;
+* paths: every path of the request must have the shape of its role
+  (:class:`vaf.host.confine.Datastores`: image sources in an image datastore, disk links and
+  VM directories of this VM in this system datastore), and every file operation runs as the
+  datastores' owner with ``O_NOFOLLOW`` (:func:`vaf.host.confine.as_owner`): root only runs
+  LVM, mkfs and the block copies between an image it opened as oneadmin and a volume.
 
 Concurrency: every LVM metadata change runs under the host-local lock ``lvm-<vg>``; a cache fill
 runs under ``fill-<vg>-<key>`` (held across the copy, so eight clones of one uncached image do
-one fill and seven waits). Lock order is always fill, then lvm.
+one fill and seven waits). Lock order is always fill, then lvm. The locks live in the state
+directory, created root-owned 0700 (:func:`vaf.host.locks.owned_directory`).
 
-stdlib only: runs with Debian's python3.
+Faults: if the front-end goes away (oned cancelled the action, the driver was killed, the ssh
+cut), :meth:`Host.step` raises :class:`Cancelled` at the next step and the action undoes what
+it made. A ``DELETE`` of the VM directory leaves a tombstone: a clone or volume that started
+before it never creates its link and removes its volume, so ``DELETE`` wins. Volumes are
+the VM's by name and tag: ``DELETE`` removes them with or without their links.
+
+stdlib only: runs with the host's python3.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
-import signal
-import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
 
-from vaf.drivers.lvmsnap import cache, monitor
+from vaf.drivers.lvmsnap import cache
 from vaf.drivers.lvmsnap import requests as rq
 from vaf.drivers.lvmsnap.cache import ImageStat
+from vaf.drivers.lvmsnap.settings import HOST_CONF
 from vaf.errors import DriverError, ProtocolError
-from vaf.host import dd, fs, locks
-from vaf.host.files import remove_path, replace_symlink, write_atomically
-from vaf.host.lvm import LogicalVolume, VolumeGroup
+from vaf.host import blockcopy, confine, fs, locks
+from vaf.host.files import remove_path, replace_symlink, temporary_name
+from vaf.host.lvm import LogicalVolume, VolumeGroup, subject, thin_overcommitted
 from vaf.host.runner import CommandError, Result, Runner
 from vaf.one.log import DriverLog
 
+REQUEST_VERSION = rq.VERSION
 MB = 1024 * 1024
 STALE_FILL_WAIT_SECONDS = 600
 EXTENT_MB = 4  # lvm's default extent size: sizes round up to it
+XFS_MIN_MB = 300  # xfsprogs >= 5.19 refuses smaller filesystems
+TOMBSTONE_DAYS = 2
+
+
+class Cancelled(DriverError):
+    """The front-end is gone: stop, undo, exit."""
 
 
 class Host:
-    """One host-side action: its request, log, the local runner and the volume group."""
+    """One host-side action: its request, log, root-owned conf, the VG and the state dir."""
 
-    def __init__(self, request, log: DriverLog):
+    def __init__(self, request, log: DriverLog, privileged):
         self.request = request
         self.log = log
         self.settings = request.settings
-        self.runner = Runner(sudo_prefix=self.settings.sudo)
-        self.vg = VolumeGroup(self.settings.vg, self.runner, on_done=self._timed)
+        self.privileged = privileged
+        conf = privileged.conf
+        values = {key: conf.str(key, default) for key, default in HOST_CONF}
+        self.datastores = confine.Datastores(values["DATASTORE_LOCATION"])
+        self.owner_name = values["DATASTORE_OWNER"]
+        self._owner = None
+        self.state_dir = values["LVMSNAP_STATE_DIR"]
+        self.lock_timeout = conf.float("LOCK_TIMEOUT", float(values["LOCK_TIMEOUT"]), 1)
+        self.runner = Runner()
+        self.vg = (VolumeGroup(f"{values['VG_PREFIX']}{request.sys_ds}", self.runner,
+                               on_done=self._timed) if request.sys_ds is not None else None)
+        self._state_fd: int | None = None
+        self.started = time.time()
+        self.block = self._block_size()
+
+    def _block_size(self) -> int:
+        try:
+            return blockcopy.parse_block_size(self.settings.dd_bs)
+        except ValueError as err:
+            raise ProtocolError(f"DD_BLOCK_SIZE: {err}") from None
+
+    @property
+    def owner(self) -> confine.Owner:
+        if self._owner is None:
+            self._owner = confine.Owner.of(self.owner_name)
+        return self._owner
+
+    def as_owner(self):
+        return confine.as_owner(self.owner if os.geteuid() == 0 else None)
 
     def _timed(self, result: Result) -> None:
         # for the admin (oned.log) and the benchmark: where a slow action spends its time
-        self.log.debug(f"{result.argv[0]} {result.argv[-1]}: {result.seconds:.2f} s")
+        self.log.debug(f"{result.argv[0]} {subject(result.argv)}: {result.seconds:.2f} s")
+
+    @property
+    def state(self) -> int:
+        if self._state_fd is None:
+            self._state_fd = locks.owned_directory(self.state_dir)
+        return self._state_fd
 
     def metadata_lock(self):
-        return locks.exclusive(self.settings.lock_dir, f"lvm-{self.vg.name}")
+        return locks.exclusive(self.state, f"lvm-{self.vg.name}", timeout=self.lock_timeout,
+                               what=f"the lock of volume group {self.vg.name}")
 
-    def checkpoint(self, name: str) -> None:
-        """Test hook: die here by SIGKILL, as a crash or an admin's kill -9 would."""
-        if self.settings.test_kill_at == name:
-            self.log.debug(f"test hook: killing myself at {name}")
-            os.kill(os.getpid(), signal.SIGKILL)
+    def step(self) -> None:
+        """Between two steps: stop if the front-end is gone."""
+        if self.privileged.cancelled():
+            raise Cancelled("the front-end went away (oned cancelled the action or the "
+                            "driver was killed): stopped and undone")
 
-    def copy(self, source: str, target: str, total: int, what: str, **dd_options) -> int:
-        return dd.copy(self.runner, source, target, total=total, what=what,
-                       bs=self.settings.dd_bs, report=self.log.info,
-                       every=self.settings.progress_seconds, **dd_options)
+    def copy_in(self, image: ImageStat, source: int, device: str, what: str,
+                sparse: bool = False) -> None:
+        try:
+            copied = blockcopy.copy_to_device(
+                source, image.size, device, block=self.block, what=what, report=self.log.info,
+                every=self.settings.progress_seconds, sparse=sparse,
+                cancelled=self.privileged.cancelled)
+        except blockcopy.Cancelled:
+            self.step()
+            raise
+        except OSError as err:
+            raise DriverError(f"{what} failed: {err.strerror or err}") from None
+        if copied != image.size:
+            raise DriverError(f"{what} incomplete: {copied} of {image.size} bytes")
 
     @property
     def thin_volatile(self) -> bool:
@@ -77,26 +143,115 @@ def hostname() -> str:
     return os.uname().nodename
 
 
-def prepare_vm_dir(path: str) -> None:
-    """``mkdir -p`` the VM directory and record the host in ``.host``, as fs_lvm does."""
+def prepare_vm_dir(host: Host, path: str) -> None:
+    """``mkdir -p`` the VM directory and record the host in ``.host``, as fs_lvm does
+    (as the datastores' owner)."""
     directory = os.path.dirname(path)
-    os.makedirs(directory, exist_ok=True)
-    with open(os.path.join(directory, ".host"), "w", encoding="utf-8") as handle:
-        handle.write(hostname() + "\n")
+    with host.as_owner():
+        os.makedirs(directory, exist_ok=True)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
+        fd = os.open(os.path.join(directory, ".host"), flags, 0o644)
+        with open(fd, "w", encoding="utf-8") as handle:
+            handle.write(hostname() + "\n")
+
+
+def link_disk(host: Host, device: str, dst: str) -> None:
+    prepare_vm_dir(host, dst)
+    with host.as_owner():
+        replace_symlink(device, dst)
 
 
 def linked_lv(host: Host, link: str) -> str | None:
     """The LV name ``link`` points at inside our VG, or None (not a link, elsewhere)."""
     try:
-        target = os.readlink(link)
+        with host.as_owner():
+            target = os.readlink(link)
     except OSError:
         return None
     prefix = f"/dev/{host.vg.name}/"
-    return target[len(prefix):] if target.startswith(prefix) else None
+    name = target[len(prefix):] if target.startswith(prefix) else None
+    return name if name and "/" not in name else None
 
 
 def now() -> int:
     return int(time.time())
+
+
+# --- DELETE wins: tombstones in the state directory ------------------------------------------
+
+def tombstone(vmid: int) -> str:
+    return f"deleted-{vmid}"
+
+
+def bury(host: Host, vmid: int) -> None:
+    """Record that the VM's directory was deleted now (caller holds the metadata lock)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
+    os.close(os.open(tombstone(vmid), flags, 0o600, dir_fd=host.state))
+    os.utime(tombstone(vmid), dir_fd=host.state, follow_symlinks=False)
+    limit = time.time() - TOMBSTONE_DAYS * 86400
+    for entry in os.listdir(host.state):
+        if entry.startswith("deleted-"):
+            try:
+                if os.stat(entry, dir_fd=host.state, follow_symlinks=False).st_mtime < limit:
+                    os.unlink(entry, dir_fd=host.state)
+            except FileNotFoundError:
+                pass
+
+
+def deleted_since_start(host: Host) -> bool:
+    """Did a DELETE of this VM's directory run after this action started?"""
+    try:
+        info = os.stat(tombstone(host.request.vmid), dir_fd=host.state, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    return info.st_mtime >= host.started
+
+
+def finish_disk(host: Host, name: str, dst: str) -> None:
+    """The last step of every action that makes a VM disk: link it, unless the front-end
+    is gone or the VM was deleted meanwhile (then the volume goes, and we fail)."""
+    with host.metadata_lock():
+        if host.privileged.cancelled() or deleted_since_start(host):
+            host.vg.remove(name)
+            if deleted_since_start(host):
+                raise DriverError(f"VM {host.request.vmid} was deleted while its disk was "
+                                  f"being made: {name} removed")
+            host.step()
+        link_disk(host, host.vg.path(name), dst)
+
+
+def undo_volume(host: Host, name: str) -> None:
+    """Best-effort removal of a VM volume we created, after a failure or a cancel."""
+    try:
+        with host.metadata_lock():
+            if name in host.vg.lvs():
+                host.vg.remove(name)
+    except (CommandError, DriverError) as err:
+        host.log.error(f"could not remove {name}: {err.reason}")
+
+
+# --- capacity -----------------------------------------------------------------------------------
+
+def check_pool_commit(host: Host, created: str, result: Result | None) -> None:
+    """Refuse (and remove) a thin volume that takes the pool past its overcommit ratio.
+
+    Cheap on the hot path: with a ratio of at least 1, lvm warns on stderr whenever the thin
+    volumes add up to more than the pool, so the listing is only read after that warning.
+    """
+    ratio = host.settings.overcommit
+    if result is not None and ratio >= 1 and not thin_overcommitted(result.stderr):
+        return
+    from vaf.drivers.lvmsnap import monitor  # the rare path: off the warm clone's imports
+
+    volumes = host.vg.lvs()
+    usage = monitor.pool_usage(volumes, host.settings.pool)
+    if usage is None or usage.committed_mb <= usage.size_mb * ratio:
+        return
+    host.vg.remove(created)
+    raise DriverError(f"thin pool {host.vg.name}/{host.settings.pool} on {hostname()} "
+                      f"cannot hold {volumes[created].size_mb} MB more: its volumes would "
+                      f"add up to {usage.committed_mb} MB, over {ratio:g} x its "
+                      f"{usage.size_mb} MB (THIN_OVERCOMMIT)")
 
 
 # --- volume group housekeeping (callers hold the metadata lock) ----------------------------
@@ -144,8 +299,10 @@ def create_with_room(host: Host, volumes: Mapping[str, LogicalVolume],
     create()
 
 
-def wait_until_closed(host: Host, name: str, limit: float = STALE_FILL_WAIT_SECONDS) -> None:
-    """A killed fill may leave its dd writing for a while: wait for it to let go."""
+def wait_until_closed(host: Host, name: str, limit: float = STALE_FILL_WAIT_SECONDS,
+                      stoppable: bool = True) -> None:
+    """A killed fill's writer may hold its volume open a while: wait for it to let go
+    (``stoppable``: a cancel ends the wait; not when the wait is part of undoing)."""
     deadline = time.monotonic() + limit
     while True:
         lv = host.vg.lvs().get(name)
@@ -154,6 +311,8 @@ def wait_until_closed(host: Host, name: str, limit: float = STALE_FILL_WAIT_SECO
         if time.monotonic() > deadline:
             raise DriverError(f"{host.vg.name}/{name} is still open after {limit:.0f} s: "
                               "a process still writes it")
+        if stoppable:
+            host.step()
         time.sleep(1)
 
 
@@ -161,7 +320,7 @@ def remove_stale_fills(host: Host, volumes: Mapping[str, LogicalVolume]) -> None
     """Remove fills whose filler is gone (its fill lock is free) and that nothing has open."""
     for name in cache.stale_fills(volumes.values()):
         key = name[len(cache.FILL_PREFIX):]
-        with locks.if_free(host.settings.lock_dir, fill_lock(host, key)) as free:
+        with locks.if_free(host.state, fill_lock(host, key)) as free:
             if free and not volumes[name].open:
                 host.log.info(f"removing {name}, left over by an interrupted fill")
                 host.vg.remove(name)
@@ -173,13 +332,27 @@ def fill_lock(host: Host, key: str) -> str:
 
 def create_volume(host: Host, volumes: Mapping[str, LogicalVolume], name: str, size_mb: int,
                   tags: list[str], thin: bool) -> None:
-    """A new empty VM volume: thin in the pool, or thick (making room for it)."""
+    """A new empty VM volume: thin in the pool (its blocks read zeros), or thick (making
+    room for it; zeroed by :func:`zero_thick` before use)."""
     if thin:
         ensure_pool(host, volumes)
-        host.vg.create_thin(host.settings.pool, name, size_mb, tags)
+        result = host.vg.create_thin(host.settings.pool, name, size_mb, tags)
+        check_pool_commit(host, name, result)
     else:
         create_with_room(host, volumes, lambda: host.vg.create_linear(name, size_mb, tags),
                          size_mb)
+
+
+def zero_thick(host: Host, name: str, thin: bool) -> None:
+    """A thick volume reuses extents a deleted VM wrote: zeros over it before anyone reads."""
+    if thin or host.settings.zero_thick == "no":
+        return
+    try:
+        blockcopy.zero_device(host.vg.path(name), block=host.block,
+                              cancelled=host.privileged.cancelled)
+    except blockcopy.Cancelled:
+        host.step()
+        raise
 
 
 def remove_if_idle(host: Host, volumes: Mapping[str, LogicalVolume], name: str) -> None:
@@ -195,25 +368,38 @@ def remove_if_idle(host: Host, volumes: Mapping[str, LogicalVolume], name: str) 
 
 # --- the cache ------------------------------------------------------------------------------
 
-def stat_image(path: str) -> ImageStat:
-    try:
-        return ImageStat.of(path)
-    except FileNotFoundError:
-        raise DriverError(f"image {path} not found on {hostname()}: is the image datastore "
-                          "mounted there?") from None
-    except OSError as err:
-        raise DriverError(f"cannot read image {path} on {hostname()}: {err.strerror}") from None
+class Image:
+    """The image file, opened once as the datastores' owner (without following a symlink),
+    and what identifies its content."""
+
+    def __init__(self, host: Host, path: str):
+        self.path = host.datastores.image(path, host.request.sys_ds)
+        try:
+            with host.as_owner():
+                self.fd = confine.open_image(self.path)
+        except FileNotFoundError:
+            raise DriverError(f"image {path} not found on {hostname()}: is the image datastore "
+                              "mounted there?") from None
+        except OSError as err:
+            why = "it is a symlink" if err.errno == errno.ELOOP else (err.strerror or str(err))
+            raise DriverError(f"cannot read image {path} on {hostname()}: {why}") from None
+        self.stat = ImageStat.of(self.path, self.fd)
+
+    def changed(self) -> bool:
+        return ImageStat.of(self.path, self.fd) != self.stat
+
+    def close(self) -> None:
+        os.close(self.fd)
 
 
 def start_fill(host: Host, image: ImageStat, volumes: Mapping[str, LogicalVolume]) -> bool:
     """Create the empty ``vaf-fill-<key>`` (caller holds the fill and the metadata locks).
 
     A fill LV of this key that still exists was left by a filler that died (we hold its
-    lock): it is removed first, unless a dd it started still has it open (then False: the
-    caller waits for that dd outside the metadata lock and calls again).
+    lock): it is removed first, unless its writer still has it open (then False: the
+    caller waits for it outside the metadata lock and calls again).
     """
     fill = cache.fill_name(image.key)
-    host.checkpoint("fill-start")
     if fill in volumes:
         if volumes[fill].open:
             return False
@@ -229,22 +415,29 @@ def start_fill(host: Host, image: ImageStat, volumes: Mapping[str, LogicalVolume
     return True
 
 
-def finish_fill(host: Host, image: ImageStat, snapshot: tuple) -> None:
+def finish_fill(host: Host, image: Image, snapshot: tuple) -> None:
     """Copy and verify, then (one metadata lock hold) seal, rename, and make the VM disk."""
-    fill = cache.fill_name(image.key)
-    host.checkpoint("after-create")
+    fill = cache.fill_name(image.stat.key)
     try:
         copy_and_verify(host, image, host.vg.path(fill))
-        host.checkpoint("after-copy")
+        host.step()
     except BaseException:
         discard(host, fill)
         raise
     with host.metadata_lock():
         seal(host, fill)
-        host.checkpoint("before-rename")
-        host.vg.rename(fill, cache.cache_name(image.key))
+        host.vg.rename(fill, cache.cache_name(image.stat.key))
         if try_snapshot(host, *snapshot) is not None:
             raise DriverError(f"cache {snapshot[0]} vanished while cloning {image.path}")
+        drop_superseded(host, image.path, cache.cache_name(image.stat.key))
+
+
+def drop_superseded(host: Host, path: str, current: str) -> None:
+    """Older versions of this image that no VM uses can never be hit again: remove them."""
+    volumes = host.vg.lvs()
+    for name in cache.superseded_caches(volumes, path, current):
+        host.log.info(f"removing {name}: an older version of {path}, unused")
+        host.vg.remove(name)
 
 
 def seal(host: Host, fill: str) -> None:
@@ -256,26 +449,22 @@ def seal(host: Host, fill: str) -> None:
         host.vg.change(fill, readonly=True)
 
 
-def copy_and_verify(host: Host, image: ImageStat, device: str) -> None:
+def copy_and_verify(host: Host, image: Image, device: str) -> None:
     started = time.monotonic()
-    host.log.info(f"filling cache from {image.path} ({image.size // MB} MB)")
-    copied = host.copy(image.path, device, image.size, f"filling cache from {image.path}")
-    host.checkpoint("after-dd")
-    if copied != image.size:
-        raise DriverError(f"copy of {image.path} incomplete: {copied} of {image.size} bytes")
-    if stat_image(image.path) != image:
+    stat = image.stat
+    host.log.info(f"filling cache from {image.path} ({stat.size // MB} MB)")
+    host.copy_in(stat, image.fd, device, f"filling cache from {image.path}")
+    if image.changed():
         raise DriverError(f"image {image.path} changed while it was being copied; retry")
-    if image.size % (4 * MB):
-        dd.zero_tail(host.runner, device, image.size)
     seconds = time.monotonic() - started
     host.log.info(f"filled cache from {image.path} in {seconds:.1f} s "
-                  f"({image.size / MB / max(seconds, 0.001):.0f} MB/s)")
+                  f"({stat.size / MB / max(seconds, 0.001):.0f} MB/s)")
 
 
 def discard(host: Host, name: str) -> None:
-    """Best-effort removal of a volume we created, after a failure."""
+    """Best-effort removal of a fill we created, after a failure."""
     try:
-        wait_until_closed(host, name, limit=60)  # a dd whose sudo was killed may linger
+        wait_until_closed(host, name, limit=60, stoppable=False)
         with host.metadata_lock():
             host.vg.remove(name)
     except (CommandError, DriverError) as err:
@@ -286,7 +475,8 @@ def discard(host: Host, name: str) -> None:
 
 def snapshot(host: Host, origin: str, origin_mb: int, disk: str, tags: list[str]) -> None:
     if host.settings.mode == "thin":
-        host.vg.snapshot_thin(host.settings.pool, origin, disk, tags)
+        result = host.vg.snapshot_thin(host.settings.pool, origin, disk, tags)
+        check_pool_commit(host, disk, result)
     else:
         host.vg.snapshot_classic(origin, disk, cow_mb(host, origin_mb), tags)
 
@@ -339,140 +529,202 @@ def grow(host: Host, disk: str, size_mb: int, current_mb: int) -> None:
                           f"larger than its {current_mb} MB image (use SNAPSHOT_MODE=thin)")
     with host.metadata_lock():
         host.vg.extend(disk, size_mb)
+        check_pool_commit(host, disk, None)
 
 
-def vm_disk_tags(host: Host, image: ImageStat | None = None) -> list[str]:
+def vm_disk_tags(image: ImageStat | None = None) -> list[str]:
     tags = [cache.MARKER_TAG]
     if image is not None:
         tags.append(f"{cache.SRC_TAG}={image.path}")
     return tags
 
 
-def image_disk_request(request, log: DriverLog):
-    """What clone and ln both start from: the host, the image, ``disk.<i>``, the volume name
-    and its size (DISK/SIZE, never less than the image)."""
-    host = Host(request, log)
-    image = stat_image(request.src)
-    disk = cache.vm_disk_name(request.vmid, request.disk_id)
-    size_mb = max(request.size_mb or 0, image.size_mb)
-    return host, image, request.dst, disk, size_mb
+def disk_request(host: Host) -> tuple[str, str]:
+    """The request's ``dst`` (checked: this VM's ``disk.<disk_id>`` in this system datastore)
+    and the volume's name."""
+    request = host.request
+    if host.datastores.disk(request.dst, request.sys_ds, request.vmid) != request.disk_id:
+        raise ProtocolError(f"disk path {request.dst!r} is not disk.{request.disk_id}")
+    return request.dst, cache.vm_disk_name(request.vmid, request.disk_id)
 
 
-def clone(params: Mapping[str, object], log: DriverLog) -> int:
+def clone(params: Mapping[str, object], log: DriverLog, privileged) -> int:
     """``clone``: a snapshot of the image's cache LV (filled on first use) as ``disk.<i>``."""
-    host, image, dst, disk, size_mb = image_disk_request(rq.Clone.from_json(params), log)
-    origin = cache.cache_name(image.key)
-    tags = vm_disk_tags(host)
+    host = Host(rq.Clone.from_json(params), log, privileged)
+    dst, disk = disk_request(host)
+    image = Image(host, host.request.src)
+    try:
+        stat = image.stat
+        size_mb = max(host.request.size_mb or 0, stat.size_mb)
+        origin = cache.cache_name(stat.key)
+        snapshot_args = (origin, stat.size_mb, disk, vm_disk_tags())
+        try:
+            fill_or_snapshot(host, image, snapshot_args)
+            host.step()
+            grow(host, disk, size_mb, stat.size_mb)
+        except BaseException:
+            undo_volume(host, disk)
+            raise
+        finish_disk(host, disk, dst)
+    finally:
+        image.close()
+    return 0
+
+
+def fill_or_snapshot(host: Host, image: Image, snapshot_args: tuple) -> None:
+    """The image's fill lock is taken before even trying the snapshot: when many VMs of an
+    uncached image start together, one fills while the others wait here, instead of each
+    first paying a failed lvcreate under the VG lock. The cold path keeps the metadata lock
+    from the failed lvcreate to the new fill LV, so its listing stays true."""
+    stat = image.stat
+    filling = cache.fill_name(stat.key)
+    volumes: Mapping[str, LogicalVolume] | None = None
 
     def waiting() -> None:
-        log.info(f"waiting for another clone of {image.path} on this host (filling its cache)")
+        # only a fill in progress makes a clone wait long: say so only then
+        if filling in host.vg.lvs():
+            host.log.info(f"waiting for another clone of {image.path} on this host "
+                          "(filling its cache)")
 
-    snapshot = (origin, image.size_mb, disk, tags)
-    # The image's fill lock is taken before even trying the snapshot: when many VMs of an
-    # uncached image start together, one fills while the others wait here, instead of each
-    # first paying a failed lvcreate under the VG lock. The cold path keeps the metadata
-    # lock from the failed lvcreate to the new fill LV, so its listing stays true.
-    with locks.exclusive(host.settings.lock_dir, fill_lock(host, image.key), on_wait=waiting):
+    with locks.exclusive(host.state, fill_lock(host, stat.key), timeout=host.lock_timeout,
+                         what=f"the cache fill of {image.path}", on_wait=waiting, remove=True):
+        host.step()
         with host.metadata_lock():
-            volumes = try_snapshot(host, *snapshot)
-            started = volumes is not None and start_fill(host, image, volumes)
+            volumes = try_snapshot(host, *snapshot_args)
+            started = volumes is not None and start_fill(host, stat, volumes)
         if volumes is not None:
             if not started:
-                wait_until_closed(host, cache.fill_name(image.key))
+                wait_until_closed(host, filling)
                 with host.metadata_lock():
-                    start_fill(host, image, host.vg.lvs())
-            finish_fill(host, image, snapshot)
-    grow(host, disk, size_mb, image.size_mb)
-    prepare_vm_dir(dst)
-    replace_symlink(host.vg.path(disk), dst)
-    return 0
+                    start_fill(host, stat, host.vg.lvs())
+            finish_fill(host, image, snapshot_args)
 
 
-def ln(params: Mapping[str, object], log: DriverLog) -> int:
+def ln(params: Mapping[str, object], log: DriverLog, privileged) -> int:
     """``ln`` (persistent image): a volume of its own, never shared, written back by mvds."""
-    host, image, dst, disk, size_mb = image_disk_request(rq.Ln.from_json(params), log)
-    thin = host.thin_volatile
-    tags = vm_disk_tags(host, image) + [cache.PERSISTENT_TAG, f"{cache.BYTES_TAG}={image.size}"]
-    with host.metadata_lock():
-        volumes = host.vg.lvs()
-        remove_if_idle(host, volumes, disk)
-        create_volume(host, volumes, disk, size_mb, tags, thin)
-    device = host.vg.path(disk)
+    host = Host(rq.Ln.from_json(params), log, privileged)
+    dst, disk = disk_request(host)
+    image = Image(host, host.request.src)
     try:
-        copied = host.copy(image.path, device, image.size,
-                           f"copying persistent image {image.path}", sparse=thin)
-        if copied != image.size:
-            raise DriverError(f"copy of {image.path} incomplete: {copied} of {image.size} bytes")
-        if not thin:
-            dd.zero_tail(host.runner, device, image.size)
-    except BaseException:
-        discard(host, disk)
-        raise
-    prepare_vm_dir(dst)
-    replace_symlink(device, dst)
+        stat = image.stat
+        size_mb = max(host.request.size_mb or 0, stat.size_mb)
+        thin = host.thin_volatile
+        tags = vm_disk_tags(stat) + [cache.PERSISTENT_TAG, f"{cache.BYTES_TAG}={stat.size}"]
+        with host.metadata_lock():
+            volumes = host.vg.lvs()
+            remove_if_idle(host, volumes, disk)
+            create_volume(host, volumes, disk, size_mb, tags, thin)
+        try:
+            host.copy_in(stat, image.fd, host.vg.path(disk),
+                         f"copying persistent image {image.path}", sparse=thin)
+        except BaseException:
+            undo_volume(host, disk)
+            raise
+        finish_disk(host, disk, dst)
+    finally:
+        image.close()
     return 0
 
 
-def mkimage(params: Mapping[str, object], log: DriverLog) -> int:
+def mkfs_argv(fs_type: str, device: str, size_mb: int, thin: bool) -> list[str]:
+    if fs_type == "xfs" and size_mb < XFS_MIN_MB:
+        raise DriverError(f"XFS needs at least {XFS_MIN_MB} MB (xfsprogs refuses smaller "
+                          f"filesystems); this disk has {size_mb} MB: use FS=ext4 or a "
+                          "larger SIZE")
+    return fs.mkfs_argv(fs_type, device, thin=thin)
+
+
+def mkimage(params: Mapping[str, object], log: DriverLog, privileged) -> int:
     """``mkimage``/``mkswap``: a new volume, formatted as swap, a filesystem, or left raw."""
-    request = rq.Mkimage.from_json(params)
-    host = Host(request, log)
-    dst, size_mb, fs_type = request.dst, request.size_mb, request.fs or "raw"
-    disk = cache.vm_disk_name(request.vmid, request.disk_id)
+    host = Host(rq.Mkimage.from_json(params), log, privileged)
+    dst, disk = disk_request(host)
+    size_mb, fs_type = host.request.size_mb, host.request.fs or "raw"
     thin = host.thin_volatile
+    device = host.vg.path(disk)
+    argv = (fs.mkswap_argv(device) if fs_type == "swap" else
+            None if fs_type == "raw" else mkfs_argv(fs_type, device, size_mb, thin))
     with host.metadata_lock():
         volumes = host.vg.lvs()
         remove_if_idle(host, volumes, disk)
-        create_volume(host, volumes, disk, size_mb, vm_disk_tags(host), thin)
-    device = host.vg.path(disk)
+        create_volume(host, volumes, disk, size_mb, vm_disk_tags(), thin)
     try:
-        if fs_type == "swap":
-            host.runner.run(fs.mkswap_argv(device), sudo=True)
-        elif fs_type != "raw":
-            host.runner.run(fs.mkfs_argv(fs_type, device, thin=thin), sudo=True)
+        zero_thick(host, disk, thin)
+        host.step()
+        if argv is not None:
+            host.runner.run(argv, sudo=True)
     except BaseException:
-        discard(host, disk)
+        undo_volume(host, disk)
         raise
-    prepare_vm_dir(dst)
-    replace_symlink(device, dst)
+    finish_disk(host, disk, dst)
     return 0
 
 
 # --- writing volumes back to the image datastore -------------------------------------------
 
 def write_back(host: Host, name: str, destination: str, count: int) -> None:
-    dd.write_back(host.runner, host.vg.path(name), destination, count=count,
-                  what=f"saving {name} to {destination}", bs=host.settings.dd_bs,
-                  report=host.log.info, every=host.settings.progress_seconds)
+    """Copy a volume into a new file of the owner's, renamed over ``destination`` when done."""
+    path = host.datastores.saved_image(destination, host.request.sys_ds)
+    temporary = temporary_name(path)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        with host.as_owner():
+            fd = os.open(temporary, flags, 0o644)
+    except OSError as err:
+        raise DriverError(f"cannot create {temporary}: {err.strerror}") from None
+    try:
+        try:
+            blockcopy.copy_from_device(host.vg.path(name), fd, count, block=host.block,
+                                       what=f"saving {name} to {path}", report=host.log.info,
+                                       every=host.settings.progress_seconds,
+                                       cancelled=host.privileged.cancelled)
+        finally:
+            os.close(fd)
+        host.step()
+        with host.as_owner():
+            os.replace(temporary, path)
+    except blockcopy.Cancelled:
+        _remove_as_owner(host, temporary)
+        host.step()
+        raise
+    except OSError as err:
+        _remove_as_owner(host, temporary)
+        raise DriverError(f"saving {name} to {path} failed: {err.strerror or err}") from None
+    except BaseException:
+        _remove_as_owner(host, temporary)
+        raise
 
 
-def disk_lv(host: Host, link: str) -> tuple[str, LogicalVolume, Mapping[str, LogicalVolume]]:
-    name = linked_lv(host, link)
+def _remove_as_owner(host: Host, path: str) -> None:
+    with host.as_owner():
+        remove_path(path)
+
+
+def disk_lv(host: Host, link: str) -> tuple[str, LogicalVolume]:
+    request = host.request
+    disk_id = host.datastores.disk(link, request.sys_ds, request.vmid)
+    name = cache.vm_disk_name(request.vmid, disk_id)
     volumes = host.vg.lvs()
-    if name is None or name not in volumes:
-        raise DriverError(f"{link} is not a disk in volume group {host.vg.name}")
-    return name, volumes[name], volumes
+    if name not in volumes:
+        raise DriverError(f"{link}: VM {request.vmid} has no volume {name} in {host.vg.name}")
+    return name, volumes[name]
 
 
-def mvds(params: Mapping[str, object], log: DriverLog) -> int:
+def mvds(params: Mapping[str, object], log: DriverLog, privileged) -> int:
     """``mvds``: write a persistent disk back over its image, then drop the volume."""
-    request = rq.Mvds.from_json(params)
-    host = Host(request, log)
-    src, dst = request.src, request.dst
-    name, lv, _ = disk_lv(host, src)
-    write_back(host, name, dst, int(lv.tag(cache.BYTES_TAG) or lv.size_bytes))
+    host = Host(rq.Mvds.from_json(params), log, privileged)
+    name, lv = disk_lv(host, host.request.src)
+    write_back(host, name, host.request.dst, int(lv.tag(cache.BYTES_TAG) or lv.size_bytes))
     with host.metadata_lock():
         host.vg.remove(name)
-    remove_path(src)
+    _remove_as_owner(host, host.request.src)
     return 0
 
 
-def cpds(params: Mapping[str, object], log: DriverLog) -> int:
+def cpds(params: Mapping[str, object], log: DriverLog, privileged) -> int:
     """``cpds`` (disk-saveas): copy a disk's current content to a new image file."""
-    request = rq.Cpds.from_json(params)
-    host = Host(request, log)
-    name, lv, _ = disk_lv(host, request.src)
-    write_back(host, name, request.dst, lv.size_bytes)
+    host = Host(rq.Cpds.from_json(params), log, privileged)
+    name, lv = disk_lv(host, host.request.src)
+    write_back(host, name, host.request.dst, lv.size_bytes)
     return 0
 
 
@@ -492,72 +744,85 @@ def remove_vm_volume(host: Host, volumes: Mapping[str, LogicalVolume], name: str
         host.vg.retag(origin.name, old, [f"{cache.USED_TAG}={now()}"])
 
 
-def vm_links(directory: str) -> Iterator[str]:
-    try:
-        entries = sorted(os.listdir(directory))
-    except FileNotFoundError:
-        return
-    for entry in entries:
-        if entry.startswith("disk."):
-            yield os.path.join(directory, entry)
-
-
-def delete(params: Mapping[str, object], log: DriverLog) -> int:
-    """``delete``: a disk (its LV, then the link) or the VM dir (its LVs, then the dir)."""
-    request = rq.Delete.from_json(params)
-    host = Host(request, log)
-    path = request.path
-    links = [path] if request.is_disk else list(vm_links(path))
-    names = [n for n in (linked_lv(host, link) for link in links) if n]
-    if names:
-        with host.metadata_lock():
-            volumes = host.vg.lvs()
-            for name in names:
-                remove_vm_volume(host, volumes, name)
-    remove_path(path)
+def delete(params: Mapping[str, object], log: DriverLog, privileged) -> int:
+    """``delete``: a disk (its volume, then the link) or the VM dir (every volume of the VM,
+    linked or not, then the dir); the VM dir's delete leaves a tombstone so that an action
+    still running for this VM undoes itself instead of recreating what was deleted."""
+    host = Host(rq.Delete.from_json(params), log, privileged)
+    request = host.request
+    if request.is_disk:
+        path = request.path
+        disk_id = host.datastores.disk(path, request.sys_ds, request.vmid)
+    else:
+        path = host.datastores.vm_dir(request.path, request.sys_ds, request.vmid)
+        disk_id = None
+    with host.metadata_lock():
+        if disk_id is None:
+            bury(host, request.vmid)
+        volumes = host.vg.lvs()
+        for name in cache.vm_volumes(volumes, request.vmid, disk_id):
+            remove_vm_volume(host, volumes, name)
+        _remove_as_owner(host, path)
     return 0
 
 
-def mv(params: Mapping[str, object], log: DriverLog) -> int:
+def mv(params: Mapping[str, object], log: DriverLog, privileged) -> int:
     """``mv`` on one host: reactivate a disk in place, or move it / the VM dir to a new path."""
-    request = rq.Mv.from_json(params)
-    host = Host(request, log)
+    host = Host(rq.Mv.from_json(params), log, privileged)
+    request = host.request
+    check = (host.datastores.disk if request.is_disk else host.datastores.vm_dir)
+    check(request.src, request.sys_ds, request.vmid)
+    check(request.dst, request.sys_ds, request.vmid)
     src, dst = request.src, request.dst
     name = linked_lv(host, src) if request.is_disk else None
     if name is not None:
         with host.metadata_lock():
             host.vg.change(name, activate=True)
-    if src != dst and os.path.lexists(src):
-        os.makedirs(os.path.dirname(dst), exist_ok=True)
-        os.replace(src, dst)
+    if src != dst:
+        with host.as_owner():
+            if os.path.lexists(src):
+                os.makedirs(os.path.dirname(dst), exist_ok=True)
+                os.replace(src, dst)
     return 0
 
 
-def resize(params: Mapping[str, object], log: DriverLog) -> int:
-    request = rq.Resize.from_json(params)
-    host = Host(request, log)
-    name, lv, _ = disk_lv(host, request.path)
-    size_mb = request.size_mb
+def resize(params: Mapping[str, object], log: DriverLog, privileged) -> int:
+    host = Host(rq.Resize.from_json(params), log, privileged)
+    name, lv = disk_lv(host, host.request.path)
+    size_mb = host.request.size_mb
     if size_mb < lv.size_mb:
         raise DriverError(f"cannot shrink {name} from {lv.size_mb} MB to {size_mb} MB")
     if lv.is_classic_snapshot:
         raise DriverError(f"{name} is a classic snapshot: it cannot grow past its image")
     with host.metadata_lock():
         host.vg.extend(name, size_mb)
+        if lv.pool:
+            check_pool_commit(host, name, None)
         if cache.PERSISTENT_TAG in lv.tags:
             old = [t for t in lv.tags if t.startswith(cache.BYTES_TAG + "=")]
             host.vg.retag(name, old, [f"{cache.BYTES_TAG}={size_mb * MB}"])
     return 0
 
 
-def context(params: Mapping[str, object], log: DriverLog) -> int:
-    """``context``: store the ISO the front-end built (our stdin) as ``disk.<N>``."""
-    dst = rq.Context.from_json(params).dst
-    data = sys.stdin.buffer.read()
+def context(params: Mapping[str, object], log: DriverLog, privileged) -> int:
+    """``context``: store the ISO the front-end built (the request's payload) as ``disk.<N>``."""
+    host = Host(rq.Context.from_json(params), log, privileged)
+    request = host.request
+    host.datastores.disk(request.dst, request.sys_ds, request.vmid)
+    data = privileged.payload
     if not data:
-        raise ProtocolError("context: no ISO data on stdin")
-    prepare_vm_dir(dst)
-    write_atomically(dst, data)
+        raise ProtocolError("context: the request carries no ISO")
+    prepare_vm_dir(host, request.dst)
+    temporary = temporary_name(request.dst)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
+    with host.as_owner():
+        try:
+            with open(os.open(temporary, flags, 0o644), "wb") as handle:
+                handle.write(data)
+            os.replace(temporary, request.dst)
+        except BaseException:
+            remove_path(temporary)
+            raise
     return 0
 
 
@@ -566,91 +831,144 @@ def context(params: Mapping[str, object], log: DriverLog) -> int:
 PREMIGRATE_RECORD = ".vaf-premigrate"
 
 
-def premigrate(params: Mapping[str, object], log: DriverLog) -> int:
+def premigrate(params: Mapping[str, object], log: DriverLog, privileged) -> int:
     """On the destination: make every disk's volume exist and be active, linked as on the source.
 
     The VG is host-local, so a volume missing here is created empty with the disk's size for
     the hypervisor's storage copy to fill; the names created are recorded so failmigrate
     removes exactly those.
     """
-    request = rq.Premigrate.from_json(params)
-    host = Host(request, log)
-    sysdir, vmid = request.sysdir, request.vmid
+    host = Host(rq.Premigrate.from_json(params), log, privileged)
+    request = host.request
+    sysdir = host.datastores.vm_dir(request.sysdir, request.sys_ds, request.vmid)
     disks = rq.disk_pairs(request.disks)
-    os.makedirs(sysdir, exist_ok=True)
+    prepare_vm_dir(host, os.path.join(sysdir, "disk.0"))
     created: list[str] = []
     with host.metadata_lock():
         volumes = host.vg.lvs()
         for disk_id, size_mb in disks:
-            name = cache.vm_disk_name(vmid, disk_id)
+            name = cache.vm_disk_name(request.vmid, disk_id)
             if name in volumes:
                 host.vg.change(name, activate=True)
             elif size_mb:
-                create_volume(host, volumes, name, size_mb, vm_disk_tags(host),
-                              host.thin_volatile)
+                create_volume(host, volumes, name, size_mb, vm_disk_tags(), host.thin_volatile)
                 created.append(name)
+                zero_thick(host, name, host.thin_volatile)
             else:
                 continue
-            replace_symlink(host.vg.path(name), os.path.join(sysdir, f"disk.{disk_id}"))
-    with open(os.path.join(sysdir, PREMIGRATE_RECORD), "w", encoding="utf-8") as handle:
-        json.dump(created, handle)
-    prepare_vm_dir(os.path.join(sysdir, "disk.0"))
+            with host.as_owner():
+                replace_symlink(host.vg.path(name), os.path.join(sysdir, f"disk.{disk_id}"))
+    with host.as_owner():
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
+        with open(os.open(os.path.join(sysdir, PREMIGRATE_RECORD), flags, 0o644), "w",
+                  encoding="utf-8") as handle:
+            json.dump(created, handle)
     return 0
 
 
-def postmigrate(params: Mapping[str, object], log: DriverLog) -> int:
+def postmigrate(params: Mapping[str, object], log: DriverLog, privileged) -> int:
     """On the source: the VM now runs elsewhere, so drop its volumes and directory here.
 
     ``.host`` names the host the VM runs on (premigrate rewrote it): when that is this very
     machine (two names for one host), there is nothing to drop.
     """
-    request = rq.Postmigrate.from_json(params)
-    host = Host(request, log)
-    sysdir = request.sysdir
-    if read_host_file(sysdir) == hostname():
+    host = Host(rq.Postmigrate.from_json(params), log, privileged)
+    request = host.request
+    sysdir = host.datastores.vm_dir(request.sysdir, request.sys_ds, request.vmid)
+    if read_host_file(host, sysdir) == hostname():
         log.info("the VM still runs on this host: nothing to clean")
         return 0
-    vmid = request.vmid
     with host.metadata_lock():
         volumes = host.vg.lvs()
-        for name in sorted(volumes):
-            parsed = cache.parse_vm_disk_name(name)
-            if parsed and parsed[0] == vmid:
-                remove_vm_volume(host, volumes, name)
-    remove_path(sysdir)
+        for name in cache.vm_volumes(volumes, request.vmid):
+            remove_vm_volume(host, volumes, name)
+    _remove_as_owner(host, sysdir)
     return 0
 
 
-def failmigrate(params: Mapping[str, object], log: DriverLog) -> int:
+def failmigrate(params: Mapping[str, object], log: DriverLog, privileged) -> int:
     """On the destination: undo premigrate (only the volumes it created)."""
-    request = rq.Failmigrate.from_json(params)
-    host = Host(request, log)
-    sysdir = request.sysdir
+    host = Host(rq.Failmigrate.from_json(params), log, privileged)
+    request = host.request
+    sysdir = host.datastores.vm_dir(request.sysdir, request.sys_ds, request.vmid)
     record = os.path.join(sysdir, PREMIGRATE_RECORD)
     try:
-        with open(record, encoding="utf-8") as handle:
+        with host.as_owner(), open(record, encoding="utf-8") as handle:
             created = [n for n in json.load(handle) if isinstance(n, str)]
     except (OSError, ValueError):
         created = []
+    own = set(cache.vm_volumes(host.vg.lvs(), request.vmid)) if created else set()
     if created:
         with host.metadata_lock():
             volumes = host.vg.lvs()
             for name in created:
-                remove_vm_volume(host, volumes, name)
-                remove_path(os.path.join(sysdir, "disk." + name.rsplit("-", 1)[1]))
-    remove_path(record)
+                if name in own:  # the record is oneadmin's file: only this VM's volumes
+                    remove_vm_volume(host, volumes, name)
+                    _remove_as_owner(host, os.path.join(sysdir, "disk." + name.rsplit("-", 1)[1]))
+    _remove_as_owner(host, record)
     return 0
 
 
-def read_host_file(sysdir: str) -> str | None:
+def read_host_file(host: Host, sysdir: str) -> str | None:
     try:
-        with open(os.path.join(sysdir, ".host"), encoding="utf-8") as handle:
+        with host.as_owner(), open(os.path.join(sysdir, ".host"), encoding="utf-8") as handle:
             return handle.read().strip()
     except OSError:
         return None
 
 
-COMMANDS: dict[str, Callable[[Mapping[str, object], DriverLog], int]] = {
+# --- monitoring ---------------------------------------------------------------------------------
+
+def monitor_ds(params: Mapping[str, object], log: DriverLog, privileged) -> int:
+    """``monitor`` of one system datastore (``tm/lvmsnap/monitor``, the shared-DS path)."""
+    from vaf.drivers.lvmsnap import monitor
+
+    host = Host(rq.Monitor.from_json(params), log, privileged)
+    linked = vm_links(host)
+    for line in monitor.report(host.vg, host.settings, log, host.request.warn_percent,
+                               linked):
+        print(line)
+    return 0
+
+
+def probe(params: Mapping[str, object], log: DriverLog, privileged) -> int:
+    """The host probe: one ``DS = [...]`` per ``vg-one-<id>`` of this host (what oned's
+    scheduler reads for a non-shared system datastore)."""
+    from vaf.drivers.lvmsnap import monitor
+
+    host = Host(rq.Probe.from_json(params), log, privileged)
+    prefix = privileged.conf.str("VG_PREFIX", dict(HOST_CONF)["VG_PREFIX"])
+    for line in monitor.probe_lines(host.runner, prefix, host.settings):
+        print(line)
+    return 0
+
+
+def vm_links(host: Host) -> set[str]:
+    """The volumes some ``disk.<n>`` link of the system datastore points at (orphan check)."""
+    root = os.path.join(host.datastores.location, str(host.request.sys_ds))
+    linked: set[str] = set()
+    with host.as_owner():
+        for vm_dir in _entries(root):
+            for entry in _entries(vm_dir):
+                if os.path.basename(entry).startswith("disk."):
+                    try:
+                        target = os.readlink(entry)
+                    except OSError:
+                        continue
+                    linked.add(os.path.basename(target))
+    return linked
+
+
+def _entries(directory: str) -> Iterator[str]:
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return
+    for name in names:
+        yield os.path.join(directory, name)
+
+
+COMMANDS: dict[str, Callable[[Mapping[str, object], DriverLog, object], int]] = {
     "clone": clone,
     "ln": ln,
     "mkimage": mkimage,
@@ -663,5 +981,6 @@ COMMANDS: dict[str, Callable[[Mapping[str, object], DriverLog], int]] = {
     "premigrate": premigrate,
     "postmigrate": postmigrate,
     "failmigrate": failmigrate,
-    "monitor": monitor.monitor,
+    "monitor": monitor_ds,
+    "probe": probe,
 }

@@ -1,25 +1,93 @@
-"""lvmsnap's ``monitor``: what oned learns about a system datastore's volume group.
+"""lvmsnap's monitoring: what is really free for new VM disks on a host's volume group.
 
-The host half prints ``USED_MB``/``FREE_MB``/``TOTAL_MB`` as ``vgs`` sees them, then the cache
-size and how full each thin pool and classic snapshot is (pure builders below, table-tested),
-and warns (tagged WARN lines) when one is fuller than ``MONITOR_WARN_PERCENT``.
+Two paths lead to oned, and both print the same figures (pure builders below, table-tested):
+
+* the **host probe** ``remotes/im/kvm-probes.d/host/system/vaf-lvmsnap`` (:mod:`.probe`),
+  run by each host's monitoring: one ``DS = [ ID, USED_MB, TOTAL_MB, FREE_MB ]`` per
+  ``vg-one-<id>``. This is what the scheduler reads for a non-shared system datastore
+  (``SHARED = "NO"``, lvmsnap's), so it decides which host has room;
+* ``tm/lvmsnap/monitor``, which oned runs only for a *shared* system datastore: the same
+  figures as ``USED_MB``/``FREE_MB``/``TOTAL_MB`` plus the cache, the pool and snapshot
+  fullness and orphaned volumes, with WARN lines above ``MONITOR_WARN_PERCENT``.
+
+"Free for new disks": VM disks live in the thin pool when lvmsnap uses it (thin snapshots,
+thin volatile volumes), so the figures are the pool's: ``TOTAL`` = pool size x
+``THIN_OVERCOMMIT``, ``USED`` = what its volumes may grow to (their virtual sizes), ``FREE``
+the difference (0 once the pool's data is full). Without a pool yet, the pool lvmsnap will
+create (``THIN_POOL_SIZE`` of the VG). With thick volumes and classic snapshots: the VG's free
+space plus the caches no VM uses (evicted on demand).
 
 stdlib only: runs on hypervisors.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import re
+from collections import namedtuple
+from collections.abc import Iterable, Mapping
 
 from vaf.drivers.lvmsnap import cache
-from vaf.drivers.lvmsnap.requests import Monitor
-from vaf.host.lvm import LogicalVolume, VolumeGroup
-from vaf.host.runner import Runner
-from vaf.one.log import DriverLog
+from vaf.host.lvm import LogicalVolume, VgUsage, VolumeGroup, volume_groups
+from vaf.host.runner import CommandError, Runner
+
+_UNITS = {"": 1, "M": 1, "G": 1024, "T": 1024 * 1024, "K": 1 / 1024}
 
 
-def monitor_lines(volumes: Mapping[str, LogicalVolume]) -> list[str]:
-    """Template lines for the fullness of thin pools and classic snapshots, and the cache."""
+class PoolUsage(namedtuple("PoolUsage", "size_mb committed_mb data_percent")):
+    __slots__ = ()
+
+
+class Capacity(namedtuple("Capacity", "total_mb used_mb free_mb")):
+    __slots__ = ()
+
+
+def pool_usage(volumes: Mapping[str, LogicalVolume], pool: str) -> PoolUsage | None:
+    """The pool's size and what its thin volumes may grow to (their virtual sizes)."""
+    lv = volumes.get(pool)
+    if lv is None or not lv.is_thin_pool:
+        return None
+    committed = sum(v.size_mb for v in volumes.values() if v.pool == pool)
+    return PoolUsage(lv.size_mb, committed, lv.data_percent or 0.0)
+
+
+def planned_pool_mb(spec: str, vg: VgUsage) -> int:
+    """The size ``THIN_POOL_SIZE`` gives a pool not created yet (``50%VG``, ``2048``, ``2G``)."""
+    text = str(spec).strip().upper()
+    match = re.fullmatch(r"(\d+)%(VG|FREE|PVS)", text)
+    if match:
+        base = vg.free_mb if match.group(2) == "FREE" else vg.total_mb
+        return base * int(match.group(1)) // 100
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)([KMGT]?)B?", text)
+    if match:
+        return int(float(match.group(1)) * _UNITS[match.group(2)])
+    return 0
+
+
+def uses_pool(settings) -> bool:
+    return settings.mode == "thin" or settings.volatile == "thin"
+
+
+def capacity(vg: VgUsage, volumes: Mapping[str, LogicalVolume], settings) -> Capacity:
+    """What a new VM disk can get on this VG (see the module doc)."""
+    if uses_pool(settings):
+        usage = pool_usage(volumes, settings.pool)
+        if usage is None:
+            size, committed, full = planned_pool_mb(settings.pool_size, vg), 0, False
+        else:
+            size, committed, full = usage.size_mb, usage.committed_mb, usage.data_percent >= 100
+        total = int(size * settings.overcommit)
+        free = 0 if full else max(0, total - committed)
+        return Capacity(total, min(committed, total), free)
+    busy = cache.caches_in_use(volumes)
+    evictable = sum(lv.size_mb for lv in volumes.values()
+                    if cache.is_cache(lv) and lv.name not in busy)
+    free = min(vg.total_mb, vg.free_mb + evictable)
+    return Capacity(vg.total_mb, vg.total_mb - free, free)
+
+
+def monitor_lines(volumes: Mapping[str, LogicalVolume], linked: Iterable[str] = ()) -> list[str]:
+    """Template lines for the fullness of thin pools and classic snapshots, the cache and
+    orphaned VM volumes (named ``lv-one-*`` with no ``disk.<n>`` link pointing at them)."""
     lines: list[str] = []
     caches = [lv for lv in volumes.values() if cache.is_cache(lv)]
     lines.append(f"LVMSNAP_CACHES={len(caches)}")
@@ -32,8 +100,17 @@ def monitor_lines(volumes: Mapping[str, LogicalVolume]) -> list[str]:
         elif lv.is_classic_snapshot:
             percent = 100.0 if lv.invalid else (lv.data_percent or 0.0)
             lines.append(f'LVMSNAP_SNAPSHOT=[NAME="{lv.name}",ORIGIN="{lv.origin}",'
-                         f'DATA_PERCENT="{percent:.2f}"]')
+                         f'DATA_PERCENT="{percent:.2f}",VALID="{"NO" if lv.invalid else "YES"}"]')
+    for name in orphans(volumes, linked):
+        lines.append(f'LVMSNAP_ORPHAN=[NAME="{name}"]')
     return lines
+
+
+def orphans(volumes: Mapping[str, LogicalVolume], linked: Iterable[str]) -> list[str]:
+    linked = set(linked)
+    return sorted(lv.name for lv in volumes.values()
+                  if cache.parse_vm_disk_name(lv.name) and cache.MARKER_TAG in lv.tags
+                  and lv.name not in linked)
 
 
 def fullness_warnings(volumes: Mapping[str, LogicalVolume], threshold: float) -> list[str]:
@@ -49,16 +126,38 @@ def fullness_warnings(volumes: Mapping[str, LogicalVolume], threshold: float) ->
     return warnings
 
 
-def monitor(params: Mapping[str, object], log: DriverLog) -> int:
-    request = Monitor.from_json(params)
-    vg = VolumeGroup(request.settings.vg, Runner(sudo_prefix=request.settings.sudo))
+def report(vg: VolumeGroup, settings, log, warn_percent: float, linked: Iterable[str]):
+    """The lines of ``tm/lvmsnap/monitor`` for one VG; WARN lines go to ``log``."""
     usage = vg.usage()
     volumes = vg.lvs()
-    for warning in fullness_warnings(volumes, request.warn_percent):
+    for warning in fullness_warnings(volumes, warn_percent):
         log.warn(warning)
-    print(f"USED_MB={usage.used_mb}")
-    print(f"FREE_MB={usage.free_mb}")
-    print(f"TOTAL_MB={usage.total_mb}")
-    for line in monitor_lines(volumes):
-        print(line)
-    return 0
+    lost = orphans(volumes, linked)
+    if lost:
+        log.warn(f"volumes of VMs without a disk link (left by a failed action; DELETE of the "
+                 f"VM removes them): {', '.join(lost)}")
+    free = capacity(usage, volumes, settings)
+    return [f"USED_MB={free.used_mb}", f"FREE_MB={free.free_mb}", f"TOTAL_MB={free.total_mb}",
+            f"LVMSNAP_VG_TOTAL_MB={usage.total_mb}", f"LVMSNAP_VG_FREE_MB={usage.free_mb}",
+            f"LVMSNAP_OVERCOMMIT={settings.overcommit:g}",
+            *monitor_lines(volumes, linked)]
+
+
+def ds_line(ds_id: int, free: Capacity) -> str:
+    return (f"DS = [ ID = {ds_id}, USED_MB = {free.used_mb}, TOTAL_MB = {free.total_mb}, "
+            f"FREE_MB = {free.free_mb} ]")
+
+
+def probe_lines(runner: Runner, prefix: str, settings) -> list[str]:
+    """One ``DS = [...]`` line per ``<prefix><id>`` volume group of this host."""
+    lines = []
+    for name, usage in sorted(volume_groups(runner).items()):
+        ds = name[len(prefix):]
+        if not name.startswith(prefix) or not ds.isdigit():
+            continue
+        try:
+            volumes = VolumeGroup(name, runner).lvs()
+        except CommandError:
+            continue  # a VG that vanished between the two reads
+        lines.append(ds_line(int(ds), capacity(usage, volumes, settings)))
+    return lines

@@ -1,10 +1,15 @@
 """The written contract between lvmsnap's two halves: one typed request per host command.
 
 The front-end builds a request from oned's argv, the conf and the VM, and sends
-``request.to_json()`` as the one JSON argument of ``host-command lvmsnap-<command>``; the host
-half rebuilds it with ``<Request>.from_json(params)``, which refuses a missing field or a
-field of the wrong type with one :class:`ProtocolError` line. Every request carries the
-:class:`~vaf.drivers.lvmsnap.settings.Settings` and the VM id (None for ``monitor``).
+``request.to_json()`` on the stdin of ``sudo -n /usr/lib/vaf/vaf-privileged lvmsnap-<command>``
+(:func:`vaf.one.remote.call_privileged`); the host half rebuilds it with
+``<Request>.from_json(params)``, which refuses a missing field or a field of the wrong type
+with one :class:`ProtocolError` line. Every request carries the
+:class:`~vaf.drivers.lvmsnap.settings.Settings`, the VM id (None for ``monitor`` and
+``probe``) and the system datastore id (the host derives the volume group's name from it with
+its own conf). :data:`VERSION` changes whenever a request's fields do: the host half refuses a
+request of another version (the front-end and the host were installed from different vaf
+releases) with the fix in one line.
 
 Requests are namedtuples, not dataclasses: the host half builds one on every clone, and
 importing dataclasses costs a measurable share of a clone on a slow host.
@@ -19,6 +24,8 @@ from vaf.drivers.lvmsnap.settings import Settings
 from vaf.errors import ProtocolError
 
 OPTIONAL = "optional"
+#: the request format both halves must share (bump it with any change to a request)
+VERSION = 2
 
 
 def _check(command: str, name: str, value: object, kind: type, optional: bool) -> object:
@@ -32,9 +39,17 @@ def _check(command: str, name: str, value: object, kind: type, optional: bool) -
     return value
 
 
-def request_type(command: str, *fields: tuple, vmid: bool = True) -> type:
+def _id(command: str, name: str, value: object, optional: bool) -> int | None:
+    checked = _check(command, name, value, int, optional)
+    if checked is not None and not 0 <= checked < 2**31:
+        raise ProtocolError(f"lvmsnap-{command} request: {name!r} out of range")
+    return checked
+
+
+def request_type(command: str, *fields: tuple, vmid: bool = True,
+                 sys_ds: bool = True) -> type:
     """A request class for ``command``: ``fields`` are ``(name, type[, OPTIONAL])``."""
-    names = ["settings", "vmid"] + [f[0] for f in fields]
+    names = ["settings", "vmid", "sys_ds"] + [f[0] for f in fields]
 
     class Request(namedtuple(f"{command.title()}Request", names)):
         __slots__ = ()
@@ -44,7 +59,8 @@ def request_type(command: str, *fields: tuple, vmid: bool = True) -> type:
         @classmethod
         def from_json(cls, params: Mapping[str, object]) -> Request:
             values = [Settings.from_json(params.get("settings")),
-                      _check(command, "vmid", params.get("vmid"), int, not vmid)]
+                      _id(command, "vmid", params.get("vmid"), not vmid),
+                      _id(command, "sys_ds", params.get("sys_ds"), not sys_ds)]
             for name, kind, *flags in fields:
                 values.append(_check(command, name, params.get(name), kind, OPTIONAL in flags))
             return cls(*values)
@@ -52,6 +68,7 @@ def request_type(command: str, *fields: tuple, vmid: bool = True) -> type:
         def to_json(self) -> dict[str, object]:
             data = self._asdict()
             data["settings"] = self.settings.to_json()
+            data["version"] = VERSION
             return data
 
     Request.__name__ = Request.__qualname__ = f"{command.title()}Request"
@@ -79,9 +96,12 @@ Premigrate = request_type("premigrate", ("sysdir", str), ("disks", list))
 Postmigrate = request_type("postmigrate", ("sysdir", str))
 Failmigrate = request_type("failmigrate", ("sysdir", str))
 Monitor = request_type("monitor", ("warn_percent", float), vmid=False)
+#: the host probe: every vg-one-<id> of the host, no VM, no datastore
+Probe = request_type("probe", vmid=False, sys_ds=False)
 
 REQUESTS = {r.COMMAND: r for r in (Clone, Ln, Mkimage, Delete, Mv, Mvds, Cpds, Resize,
-                                    Context, Premigrate, Postmigrate, Failmigrate, Monitor)}
+                                    Context, Premigrate, Postmigrate, Failmigrate, Monitor,
+                                    Probe)}
 
 
 def disk_pairs(disks: list) -> list[tuple[int, int]]:

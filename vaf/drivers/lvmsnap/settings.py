@@ -1,9 +1,12 @@
 """Every key of ``lvmsnap.conf`` in one table: conf key, type, default, what it does.
 
-Most keys configure the host half; the front-end reads the conf (the one source) and hands
-them over in every request as :class:`Settings`. Keys whose ``field`` is None are read by the
-front-end only. ``docs/lvmsnap.md`` documents the same table for admins
-(``tests/test_lvmsnap_units.py`` checks that every key is there).
+Most keys configure the host half's policy; the front-end reads the conf (the one source) and
+hands them over in every request as :class:`Settings`. Keys whose ``field`` is None are read by
+the front-end only. Nothing here is a path or a command: where the host half acts (datastore
+location, volume group names, its lock directory) and as whom comes from the host's root-owned
+``/usr/lib/vaf/privileged.conf`` (:data:`HOST_CONF`), never from a request.
+``docs/lvmsnap.md`` documents the same table for admins (``tests/test_lvmsnap_units.py``
+checks that every key is there).
 
 stdlib only and no dataclasses: the host half imports this on every clone.
 """
@@ -14,7 +17,7 @@ from collections import namedtuple
 from collections.abc import Mapping
 
 from vaf.errors import ProtocolError
-from vaf.host.runner import DEFAULT_SSH, DEFAULT_SUDO
+from vaf.host.runner import DEFAULT_SSH
 
 
 class Setting(namedtuple("Setting", "key field kind default doc limits")):
@@ -41,17 +44,17 @@ SETTINGS: tuple[Setting, ...] = (
             "size of the thin pool when lvmsnap creates it (MB, or an extent spec)", ()),
     Setting("CLASSIC_COW_PERCENT", "cow_percent", "int", 100,
             "COW size of a classic snapshot, in percent of its image", (1, 1000)),
-    Setting("LOCK_DIR", "lock_dir", "str", "/var/lock/vaf-lvmsnap",
-            "directory of the host-local lock files", ()),
-    Setting("DD_BLOCK_SIZE", "dd_bs", "str", "4M", "dd block size of cache fills", ()),
+    Setting("THIN_OVERCOMMIT", "overcommit", "float", 1.0,
+            "thin pool: the sizes of its volumes may add up to this many times the pool", (0.1,)),
+    Setting("ZERO_THICK", "zero_thick", "choice", "create",
+            "thick volumes: write zeros over them at create, or never (admin's risk)",
+            ("create", "no")),
+    Setting("DD_BLOCK_SIZE", "dd_bs", "str", "4M", "block size of copies (fills, ln, mvds)",
+            ()),
     Setting("PROGRESS_SECONDS", "progress_seconds", "float", 10.0,
             "seconds between two progress lines of a copy", (0,)),
-    Setting("SUDO", "sudo", "argv", DEFAULT_SUDO, "privilege prefix for LVM, dd, mkfs", ()),
-    Setting("TEST_KILL_AT", "test_kill_at", "str", "",
-            "tests only: the host half kills itself at this checkpoint", ()),
-    Setting("REMOTE_DIR", None, "str", "/var/tmp/one", "the remotes tree on hypervisors", ()),
-    Setting("HOST_PYTHON", None, "argv", ("python3", "-S"),
-            "interpreter of the host half (-S: no site packages, faster start)", ()),
+    Setting("PRIVILEGED", None, "argv", ("sudo", "-n", "/usr/lib/vaf/vaf-privileged"),
+            "how the front-end's ssh call runs the host half (root, fixed verbs)", ()),
     Setting("SSH", None, "argv", DEFAULT_SSH, "ssh command line to the hypervisors", ()),
     Setting("ONEVM", None, "argv", ("onevm",), "onevm command (reads DISK/SIZE, DISK/FS)", ()),
     Setting("MKIMAGE_DEFAULT_FS", None, "str", "xfs",
@@ -65,37 +68,46 @@ BY_KEY: Mapping[str, Setting] = {s.key: s for s in SETTINGS}
 _HOST = [s for s in SETTINGS if s.field]
 
 
-class Settings(namedtuple("Settings", ["vg"] + [s.field for s in _HOST],
+HOST_CONF = (
+    # key of privileged.conf, default: what the host half takes from its own conf
+    ("DATASTORE_LOCATION", "/var/lib/one/datastores"),
+    ("DATASTORE_OWNER", "oneadmin"),
+    ("VG_PREFIX", "vg-one-"),
+    ("LVMSNAP_STATE_DIR", "/run/vaf/lvmsnap"),
+    ("LOCK_TIMEOUT", "1800"),
+)
+
+
+class Settings(namedtuple("Settings", [s.field for s in _HOST],
                           defaults=[s.default for s in _HOST])):
-    """What the host half needs from the conf, plus the volume group of the datastore."""
+    """The host half's policy from the conf (never a path: see the module doc)."""
 
     __slots__ = ()
 
     @classmethod
-    def from_config(cls, conf, vg: str) -> Settings:
-        return cls(vg, *(s.read(conf) for s in _HOST))
+    def from_config(cls, conf) -> Settings:
+        return cls(*(s.read(conf) for s in _HOST))
 
     @classmethod
     def from_json(cls, raw: object) -> Settings:
-        if not isinstance(raw, dict) or not isinstance(raw.get("vg"), str):
-            raise ProtocolError("host command request lacks settings.vg")
+        if not isinstance(raw, dict):
+            raise ProtocolError("host command request lacks its settings")
         known = {k: v for k, v in raw.items() if k in cls._fields}
         for setting in _HOST:
             value = known.get(setting.field)
             if value is None:
                 continue
-            if setting.kind == "argv":
-                if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-                    raise ProtocolError(f"settings.{setting.field} must be a list of strings")
-                known[setting.field] = tuple(value)
-            elif not isinstance(value, type(setting.default)) or isinstance(value, bool):
-                if not (setting.kind == "float" and isinstance(value, int)):
-                    raise ProtocolError(f"settings.{setting.field} must be {setting.kind}")
+            if setting.kind == "float" and isinstance(value, int) and not isinstance(value, bool):
+                value = known[setting.field] = float(value)
+            if not isinstance(value, type(setting.default)) or isinstance(value, bool):
+                raise ProtocolError(f"settings.{setting.field} must be {setting.kind}")
+            if setting.kind == "choice" and value not in setting.limits:
+                raise ProtocolError(f"settings.{setting.field} must be one of "
+                                    f"{', '.join(setting.limits)}")
         return cls(**known)
 
     def to_json(self) -> dict[str, object]:
-        return {name: (list(value) if isinstance(value, tuple) else value)
-                for name, value in self._asdict().items()}
+        return dict(self._asdict())
 
 
 def front_end(conf, key: str):
