@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import sys
 import time
@@ -37,7 +38,12 @@ def make_batch(settings: Settings):
     if settings.batch == "torque":
         from vaf.batch.torque import Torque  # the TORQUE adapter (jobs, nodes, watch)
 
-        return Torque(runner)
+        accounting = (os.path.join(settings.pbs_home, "server_priv", "accounting")
+                      if settings.pbs_home else "")
+        return Torque(runner, settings.qmgr, 30.0, settings.pbsnodes, settings.qstat,
+                      accounting=accounting,
+                      accounting_state=os.path.join(settings.state_dir, "accounting.json"),
+                      accounting_poll=settings.accounting_poll)
     from vaf.batch.slurm import SlurmQueue
 
     env = ["env", f"SLURM_CONF={settings.slurm_conf}"] if settings.slurm_conf else []

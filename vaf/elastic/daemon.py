@@ -249,7 +249,8 @@ class Daemon:
     def run(self, ready: Callable[[], None] = lambda: None) -> None:
         self._sock = self._bind()
         if hasattr(self.batch, "watch"):
-            threading.Thread(target=self.batch.watch, args=(self.wake,), daemon=True,
+            threading.Thread(target=self.batch.watch, args=(self.wake, self._stop.is_set),
+                             daemon=True,
                              name="batch-events").start()
         ready()
         try:
