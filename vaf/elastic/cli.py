@@ -17,7 +17,6 @@ import time
 
 import click
 
-from vaf.batch.slurm import expand_hostlist
 from vaf.elastic.config import Settings, load_settings
 from vaf.errors import VafError
 
@@ -103,16 +102,12 @@ def run(conf, dry_run, foreground, once, verbose) -> None:
 
 
 def _request(kind: str, conf: str | None, hostlist: tuple[str, ...]) -> None:
-    from vaf.elastic.store import Store, wake
+    from vaf.elastic.power import request
 
-    settings = _settings(conf)
-    names = [name for item in hostlist for name in expand_hostlist(item)]
-    if not names:
-        raise click.ClickException("no node names given")
-    store = Store(settings.database)
-    store.add_requests(kind, names)
-    store.close()
-    wake(settings)
+    try:
+        request(kind, conf, hostlist)
+    except VafError as err:
+        raise click.ClickException(err.reason) from None
 
 
 def _power_command(kind: str, what: str):
@@ -175,6 +170,4 @@ def _entry(args: list[str]):
 
 
 daemon_main = _entry(["run"])
-resume_main = _entry(["resume"])
-suspend_main = _entry(["suspend"])
-resume_fail_main = _entry(["resume-fail"])
+# Slurm's programs are the lean vaf.elastic.power (no click on ResumeProgram's path)

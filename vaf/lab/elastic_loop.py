@@ -40,8 +40,17 @@ ResumeTimeout={resume_timeout}
 ResumeRate=0
 SuspendRate=0
 BatchStartTimeout=5
-{slurm_extra}NodeName=w[1-{count}] NodeAddr=127.0.0.1 CPUs=1 State=CLOUD Feature=cloud \
+{scheduling}{slurm_extra}NodeName=w[1-{count}] NodeAddr=127.0.0.1 CPUs=1 State=CLOUD Feature=cloud \
 Port=[{port}-{last}]
+"""
+
+
+#: the shipped slurm.conf's scheduling lines (docs/elastic.md): a batch job is scheduled at
+#: once instead of up to 3 s later, and the power-saving pass is never throttled beyond its
+#: own 1 s tick (slurmctld's power_save thread sleeps 1 s between looks, a fixed value)
+SCHEDULING = """\
+SchedulerParameters=batch_sched_delay=0
+SlurmctldParameters=power_save_min_interval=0
 """
 
 
@@ -74,7 +83,8 @@ class Loop:
     suspend_time: int = 3
     resume_timeout: int = 30
     settings: dict[str, str] = field(default_factory=dict)
-    slurm_extra: str = ""  # more slurm.conf lines (SchedulerParameters=...)
+    slurm_extra: str = ""  # more slurm.conf lines
+    scheduling: str = SCHEDULING  # "" measures Slurm's defaults
     dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="vaf-elastic-")))
 
     def __post_init__(self) -> None:
@@ -93,7 +103,7 @@ class Loop:
         extra = POWER_SAVE.format(dir=self.dir, suspend_time=self.suspend_time,
                                   suspend_timeout=2, resume_timeout=self.resume_timeout,
                                   count=self.workers, port=port, last=port + self.workers - 1,
-                                  slurm_extra=self.slurm_extra)
+                                  scheduling=self.scheduling, slurm_extra=self.slurm_extra)
         self.slurm = Slurm(extra_conf=extra)
         self._scripts()
         self.slurm.start()
@@ -121,7 +131,7 @@ class Loop:
             script.write_text(
                 "#!/bin/sh\n"
                 f"PYTHONPATH={shlex.quote(TREE)} exec {shlex.quote(sys.executable)} "
-                f"-m vaf.elastic {kind} --conf {shlex.quote(str(self.conf))} \"$@\"\n")
+                f"-m vaf.elastic.power {kind} --conf {shlex.quote(str(self.conf))} \"$@\"\n")
             script.chmod(0o755)
 
     def start_daemon(self, *extra: str) -> None:
