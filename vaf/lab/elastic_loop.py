@@ -85,6 +85,9 @@ class Loop:
     settings: dict[str, str] = field(default_factory=dict)
     slurm_extra: str = ""  # more slurm.conf lines
     scheduling: str = SCHEDULING  # "" measures Slurm's defaults
+    #: the OpenNebula stand-in's deploy/terminate hooks (:class:`vaf.lab.one_api.OneApi`)
+    on_deploy: object = None
+    on_undeploy: object = None
     dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="vaf-elastic-")))
 
     def __post_init__(self) -> None:
@@ -107,7 +110,8 @@ class Loop:
         self.slurm = Slurm(extra_conf=extra)
         self._scripts()
         self.slurm.start()
-        self.api = OneApi(workers=SlurmWorkers(self.slurm), boot_delay=self.boot_delay).up()
+        self.api = OneApi(workers=SlurmWorkers(self.slurm), boot_delay=self.boot_delay,
+                          on_deploy=self.on_deploy, on_undeploy=self.on_undeploy).up()
         self.write_conf({"BATCH": "slurm", "MODE": "power-save", "IDLE_THRESHOLD": "0",
                          "SLURM_CONF": str(self.slurm.conf)})
         return self
