@@ -1,8 +1,11 @@
-"""Shared pytest set-up: the session's test hypervisor (the lab's, vaf/lab/testbed.py)."""
+"""Shared pytest set-up: the session's test hypervisor (the lab's, vaf/lab/testbed.py) and the
+oned runtime a test runs under (vaf/lab/oned.py)."""
 import os
 
 import pytest
 
+from vaf.lab import oned
+from vaf.lab.oned_logs import OnedLogs
 from vaf.lab.testbed import Testbed
 
 
@@ -15,3 +18,22 @@ def testbed():
     tb.build()
     with tb:
         yield tb
+
+
+@pytest.fixture(params=oned.RUNTIMES)
+def oned_runtime(request):
+    """Run the whole test under each runtime ("7.0", "6.10"; MAD locale: LANG unset).
+
+    Write the release into every remotes tree the test's drivers run from with
+    ``oned.write_version_file(remotes)``, as OpenNebula (and onehost sync) would.
+    """
+    with oned.runtime(request.param):
+        yield request.param
+
+
+@pytest.fixture
+def oned_logs(tmp_path):
+    """oned's log directory and the VMs' ERROR attributes (vaf/lab/oned_logs.py)."""
+    logs = OnedLogs(tmp_path / "oned-log")
+    yield logs
+    logs.close()

@@ -277,7 +277,7 @@ def test_bad_argument_is_one_clear_line():
                           stdin=subprocess.DEVNULL)
     assert proc.returncode == 2
     assert proc.stderr == ("'/var/lib/one/datastores/100/7/disk.x' is not a VM disk path "
-                           "(…/disk.<id>)\n")
+                           "(.../disk.<id>)\n")
 
 
 def test_host_command_reports_bad_input_in_oneds_format():

@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 from vaf.lab import oned
+from vaf.lab.oned_logs import OnedLogs
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -62,6 +63,9 @@ class LvmsnapEnv:
             "PROGRESS_SECONDS": "0",
         }
         self.set_conf(**(conf or {}))
+        # what the admin reads (VM logs, ERROR attributes); the drivers' 6.10 lines land there too
+        self.logs = OnedLogs(work / "oned-log")
+        self.logs.configure(self.remotes)
         tb.sync_remotes(self.remotes, dest=REMOTE_DIR)
         self.sequence = 0
         # The launcher's "#!/usr/bin/env python3" should find this interpreter directly, as
@@ -90,13 +94,17 @@ class LvmsnapEnv:
         directory.mkdir(parents=True, exist_ok=True)
         path = directory / f"transfer.{self.sequence}.prolog"
         path.write_text("\n".join(lines) + "\n")
+        oned.write_version_file(self.remotes)  # the runtime selected (vaf.lab.oned.runtime)
         out = oned.run_transfer_file(path, remotes=self.remotes, drivers="lvmsnap",
                                      action_id=vmid, var_dir=self.var, env=self.mad_env)
+        self.logs.record_transfer(vmid, out)
         return oned.parse_reply(out)
 
     def command(self, vmid: int, line: str, stdin: bytes = b"") -> oned.Reply:
+        oned.write_version_file(self.remotes)
         out = oned.run_tm_command(line, remotes=self.remotes, action_id=vmid,
                                   var_dir=self.var, stdin=stdin, env=self.mad_env)
+        self.logs.record_logs(out[:-1])  # the VMM's own failure message is not modelled
         return oned.parse_reply(out)
 
     def monitor(self, ds_id: int, template: str = "") -> list[str]:
@@ -105,6 +113,7 @@ class LvmsnapEnv:
                    "</DATASTORE><DATASTORE_LOCATION>/var/lib/one/datastores"
                    "</DATASTORE_LOCATION><MONITOR_VM_DISKS>0</MONITOR_VM_DISKS>"
                    "</DS_DRIVER_ACTION_DATA>")
+        oned.write_version_file(self.remotes)
         return oned.run_ds_monitor(ds_id, payload, remotes=self.remotes,
                                    allowed_system="lvmsnap", var_dir=self.var,
                                    env=self.mad_env)

@@ -85,7 +85,7 @@ def disk_id_from_path(path: str) -> int:
     """The disk id of a ``.../disk.<i>`` path."""
     match = _DISK_RE.match(posixpath.basename(path))
     if not match:
-        raise ProtocolError(f"{path!r} is not a VM disk path (…/disk.<id>)")
+        raise ProtocolError(f"{path!r} is not a VM disk path (.../disk.<id>)")
     return int(match.group(1))
 
 
@@ -103,7 +103,7 @@ def system_ds_from_path(path: str) -> int:
     parts = [p for p in vm_dir.split("/") if p]
     if len(parts) < 2 or not _ID_RE.match(parts[-1]) or not _ID_RE.match(parts[-2]):
         raise ProtocolError(f"cannot find the system datastore id in {path!r} "
-                            "(expected …/<system ds id>/<vm id>/disk.<i>)")
+                            "(expected .../<system ds id>/<vm id>/disk.<i>)")
     return int(parts[-2])
 
 

@@ -22,6 +22,7 @@ from vaf.config import DriverConfig, load_config
 from vaf.errors import ProtocolError
 from vaf.host.runner import DEFAULT_SSH, DEFAULT_SUDO, Runner
 from vaf.one.log import DriverLog, run_main
+from vaf.one.runtime import load_runtime
 
 #: the registry the launchers pass (module names, see vaf/drivers/registry.py); named here,
 #: never imported at module level, so this layer stays below the drivers
@@ -109,4 +110,10 @@ def main(script: str, argv: Sequence[str], registry=None) -> int:
     """Entry point of the launcher: run the action and return the exit code for oned."""
     inv = locate(script, argv)
     log = DriverLog(inv.origin)
-    return run_main(lambda lg: resolve(inv, registry)(inv, lg), log)
+
+    def run(lg: DriverLog) -> int | None:
+        # The runtime's release decides how this action's stderr is read (vaf/one/runtime.py).
+        lg.use(inv.kind, load_runtime(inv.remotes, inv.environ))
+        return resolve(inv, registry)(inv, lg)
+
+    return run_main(run, log)

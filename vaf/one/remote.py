@@ -5,8 +5,9 @@ Every driver that must act on a hypervisor makes one call per action::
     python3 -S <remotes>/vaf/host-command <provider>-<action> '<json request>'
 
 (:mod:`vaf.one.host_command` serves it there). The host side writes tagged lines and, on
-failure, one reason line, exactly like a driver; :func:`call` relays the tagged lines to oned
-as they come (so progress shows up live) and turns a failure into one clear reason:
+failure, one reason line, exactly like a driver; :func:`call` relays the tagged lines through the
+driver's log as they come (so progress shows up live on 7.x, and goes where 6.10 wants it,
+see :mod:`vaf.one.log`) and turns a failure into one clear reason:
 
 * the host's own reason line, relayed as is (its exit code kept: 1 or 2);
 * ssh could not connect: the runner's :class:`~vaf.host.runner.HostUnreachable` reason;
@@ -25,6 +26,7 @@ from collections.abc import Mapping, Sequence
 
 from vaf.errors import DriverError, VafError, one_line
 from vaf.host.runner import CommandError, HostUnreachable, Result, Runner
+from vaf.one.log import DriverLog, active, ascii_text
 
 #: the entry point inside a remotes tree (``onehost sync`` copies it to every host)
 HOST_COMMAND = ("vaf", "host-command")
@@ -48,21 +50,26 @@ class HostFailure(VafError):
 
 
 class Relay:
-    """Pass the host's tagged lines through to oned at once; keep the untagged ones."""
+    """Pass the host's tagged lines on at once (to ``stream``, else through ``log``, the
+    running action's log by default); keep the untagged ones."""
 
-    def __init__(self, stream=None):
+    def __init__(self, stream=None, log: DriverLog | None = None):
         self.stream = stream
+        self.log = log if log is not None or stream is not None else active()
         self.untagged: list[str] = []
         self.tagged = 0
 
     def line(self, text: str) -> None:
-        if _TAGGED_RE.match(text):
-            self.tagged += 1
-            out = self.stream or sys.stderr
-            out.write(text + "\n")
-            out.flush()
-        else:
+        if not _TAGGED_RE.match(text):
             self.untagged.append(text)
+            return
+        self.tagged += 1
+        if self.log is not None:
+            self.log.relay(text)
+            return
+        out = self.stream or sys.stderr
+        out.write(ascii_text(text) + "\n")
+        out.flush()
 
     def failure(self, err: CommandError, what: str) -> VafError:
         if isinstance(err, HostUnreachable) and self.tagged and not self.untagged:
@@ -95,12 +102,14 @@ def host_command_argv(remotes: str, command: str, params: Mapping[str, object],
 
 def call(runner: Runner, command: str, params: Mapping[str, object], *, remotes: str,
          python: Sequence[str] = DEFAULT_PYTHON, input: bytes | None = None,
-         stream=None) -> Result:
+         stream=None, log: DriverLog | None = None) -> Result:
     """Run ``host-command <command>`` where ``runner`` points (its host, or here).
 
     ``remotes`` is the remotes tree on that machine; ``command`` is ``<provider>-<action>``.
+    The host's tagged lines go to ``stream`` if given, else through ``log`` (default: the
+    log of the action running in this process).
     """
-    relay = Relay(stream)
+    relay = Relay(stream, log)
     argv = host_command_argv(remotes, command, params, python)
     try:
         return runner.run(argv, input=input, on_stderr_line=relay.line)
