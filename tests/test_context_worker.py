@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from vaf.guest.context import format_context
-from vaf.guest.worker import GuestError, Worker, main, settings_from_context
+from vaf.guest.worker import GuestError, Worker, main, settings_from_context, slurmd_options
 from vaf.host.runner import Runner
 
 REPO = Path(__file__).resolve().parent.parent
@@ -229,6 +229,39 @@ def test_slurm_client_is_configless_and_claims_its_node(vm):
     key = root / "etc/munge/munge.key"
     assert key.read_bytes() == b"m" * 1024 and key.stat().st_mode & 0o777 == 0o400
     assert ("systemctl", "enable", "--now", "munge", "slurmd") in observed
+
+
+@pytest.mark.parametrize("mode, properties, expected", [
+    ("dynamic", (), ["-Z", "-N", "w3", "--conf-server", "head"]),
+    ("dynamic", ("cloud", "big"),
+     ["-Z", "-N", "w3", "--conf-server", "head", "--conf", "Feature=cloud,big"]),
+    # a State=CLOUD node of slurm.conf: -Z refuses the name, its features are slurm.conf's
+    ("cloud", (), ["-N", "w3", "--conf-server", "head"]),
+    ("cloud", ("cloud",), ["-N", "w3", "--conf-server", "head"]),
+])
+def test_slurmd_options(mode, properties, expected):
+    assert slurmd_options(mode, "w3", "head", properties) == expected
+
+
+def test_a_power_saving_node_is_claimed_without_z_and_only_at_the_end(vm):
+    root, _ = vm
+    observed: list = []
+    worker(root, observed, VAF_BATCH="slurm", SET_HOSTNAME=None, VAF_NODE="w3",
+           VAF_SLURMD_MODE="cloud").run_all()
+    assert (root / "etc/default/slurmd").read_text() == (
+        'SLURMD_OPTIONS="-N w3 --conf-server head.vaf"\n')
+    # the gate call joins w3, and slurmd starts after it (then only OneGate)
+    assert observed[-3][0] == "ssh" and observed[-3][-1] == "join w3 4 cloud"
+    assert observed[-2] == ("systemctl", "enable", "--now", "munge", "slurmd")
+
+
+@pytest.mark.parametrize("extra, reason", [
+    ({"VAF_SLURMD_MODE": "static"}, "VAF_SLURMD_MODE must be dynamic or cloud, got 'static'"),
+    ({"VAF_SLURMD_MODE": "cloud", "VAF_NODE": "w4"}, "VAF_NODE w4 is not the host name worker-17"),
+])
+def test_slurmd_mode_refusals(extra, reason):
+    with pytest.raises(GuestError, match=reason):
+        settings_from_context(context(VAF_BATCH="slurm", **extra))
 
 
 def test_scratch_by_label_and_no_disks_at_all(vm):

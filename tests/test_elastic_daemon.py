@@ -145,5 +145,12 @@ def test_squeeze_runs_the_cpu_command_and_releases(api, batch, tmp_path):
 def test_small_builders():
     settings = Settings(nodes=("w1",), max_vms=1, squeeze=("--user", "batch"))
     assert squeeze_argv(settings, False) == ["vaf", "cpu", "release", "--user", "batch"]
+    # power saving resumes slurm.conf's State=CLOUD nodes: the worker's slurmd drops -Z
+    assert join_context(settings) == {"VAF_SLURMD_MODE": "cloud"}
+    assert join_context(Settings(batch="torque", mode="queue", nodes=("w1",), max_vms=1,
+                                 join_context=("A=b",))) == {"VAF_SLURMD_MODE": "dynamic",
+                                                             "A": "b"}
+    assert join_context(Settings(nodes=("w1",), max_vms=1, join_context=(
+        "VAF_SLURMD_MODE=dynamic",))) == {"VAF_SLURMD_MODE": "dynamic"}
     with pytest.raises(VafError, match="JOIN_CONTEXT: expected KEY=value"):
         join_context(Settings(nodes=("w1",), max_vms=1, join_context=("nokey",)))

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import socket
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -29,6 +31,8 @@ from vaf.elastic.config import load_settings
 from vaf.elastic.states import BadTransition
 from vaf.elastic.store import Store
 from vaf.errors import ConfigError
+
+REPO = Path(__file__).resolve().parent.parent
 
 DATA = Path(__file__).parent / "data" / "elastic"
 
@@ -140,3 +144,26 @@ def test_bad_config_is_one_clear_line(tmp_path):
 def test_help_everywhere(command):
     result = CliRunner().invoke(main, ["elastic", *command, "--help"])
     assert result.exit_code == 0 and "Usage:" in result.output
+
+
+def test_slurms_programs_are_lean_and_say_one_line(tmp_path):
+    """What ResumeProgram runs records the request without loading click or the daemon;
+    a bad config is one line and a non-zero exit."""
+    path = conf(tmp_path)
+    (tmp_path / "state").mkdir()
+    probe = ("import sys; from vaf.elastic import power; rc = power.main('resume', "
+             f"['--conf', {path!r}, 'w[3-4]']); "
+             "print(rc, 'click' in sys.modules, 'vaf.elastic.daemon' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          cwd=REPO, timeout=60)
+    assert done.stdout.split() == ["0", "False", "False"], done.stderr
+    requests = Store(str(tmp_path / "state" / "state.db")).pending_requests()
+    assert [r.name for r in requests] == ["w3", "w4"]
+    bad = tmp_path / "bad.conf"
+    bad.write_text("MODE=sideways\n")
+    done = subprocess.run([sys.executable, "-m", "vaf.elastic.power", "suspend", "--conf",
+                           str(bad), "w1"], capture_output=True, text=True, cwd=REPO,
+                          timeout=60)
+    assert done.returncode == 1
+    assert done.stderr.splitlines() == [
+        "vaf-elastic-suspend: MODE must be one of power-save, queue, got 'sideways'"]

@@ -17,7 +17,7 @@ list (``free``, ``job-exclusive``, ``down,offline``, ``down,offline,MOM-list-not
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from xml.etree import ElementTree
 
@@ -195,7 +195,24 @@ class Torque:
     timeout: float = 30.0
     pbsnodes: Sequence[str] = ("pbsnodes",)
     qstat: Sequence[str] = ("qstat",)
+    #: ``server_priv/accounting`` of the server: :meth:`watch` follows it ("": no watching)
+    accounting: str = ""
+    #: where the log follower keeps its position across restarts
+    accounting_state: str = ""
+    accounting_poll: float = 0.2
     name = "torque"
+
+    def watch(self, wake: Callable[[], None],
+              stopped: Callable[[], bool] = lambda: False) -> None:
+        """Call ``wake`` whenever the accounting log says a job waits, ends or comes back
+        (the log is the trigger; ``qstat -f -x``, read by the caller, is the truth)."""
+        if not self.accounting or not self.accounting_state:
+            return
+        from vaf.batch.torque_log import AccountingFollower, wake_on_records
+
+        follower = AccountingFollower(self.accounting, self.accounting_state,
+                                      poll=self.accounting_poll)
+        wake_on_records(follower, wake, stopped)
 
     def jobs(self) -> list[Job]:
         return parse_qstat_xml(self._query([*self.qstat, "-f", "-x"]))

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
 import time
@@ -43,6 +44,13 @@ _STAMP_FORMAT = "%m/%d/%Y %H:%M:%S"
 _HEAD_BYTES = 64
 #: the most a single read takes from a file (a day's file after a long stop can be large)
 _READ_CHUNK = 4 * 1024 * 1024
+#: records that change the demand or the load the elastic daemon decides on (a start only
+#: moves a waiting job onto a node the daemon already counts)
+WAKING = frozenset({QUEUED, ENDED, DELETED, ABORTED, RERUN})
+#: after an unreadable log, look again this much later
+_RETRY_AFTER = 5.0
+
+log = logging.getLogger("vaf.batch.torque")
 
 
 @dataclass(frozen=True)
@@ -303,3 +311,29 @@ class JobWatch:
         if self._last_reconcile is None:
             return 0.0
         return max(0.0, self._last_reconcile + self.reconcile_every - self.clock())
+
+
+def wake_on_records(follower: AccountingFollower, wake: Callable[[], None],
+                    stopped: Callable[[], bool] = lambda: False, timeout: float = 1.0,
+                    sleep: Callable[[float], None] = time.sleep) -> None:
+    """Until ``stopped()``: ``wake()`` once after each batch of new records with a
+    :data:`WAKING` one, then save the position (a restart goes on from there; what it
+    misses, the caller's periodic look at ``qstat`` finds)."""
+    failing = ""
+    while not stopped():
+        try:
+            events = follower.wait(timeout)
+        except OSError as err:
+            said = f"accounting log {follower.directory}: {err.strerror or err}"
+            if said != failing:
+                log.warning("%s", said)
+                failing = said
+            sleep(_RETRY_AFTER)
+            continue
+        failing = ""
+        for notice in follower.take_notices():
+            log.warning("%s", notice)
+        if any(event.kind in WAKING for event in events):
+            wake()
+        if events:
+            follower.checkpoint()

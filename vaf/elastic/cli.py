@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import sys
 import time
 
 import click
 
-from vaf.batch.slurm import expand_hostlist
 from vaf.elastic.config import Settings, load_settings
 from vaf.errors import VafError
 
@@ -37,7 +37,12 @@ def make_batch(settings: Settings):
     if settings.batch == "torque":
         from vaf.batch.torque import Torque  # the TORQUE adapter (jobs, nodes, watch)
 
-        return Torque(runner)
+        accounting = (os.path.join(settings.pbs_home, "server_priv", "accounting")
+                      if settings.pbs_home else "")
+        return Torque(runner, settings.qmgr, 30.0, settings.pbsnodes, settings.qstat,
+                      accounting=accounting,
+                      accounting_state=os.path.join(settings.state_dir, "accounting.json"),
+                      accounting_poll=settings.accounting_poll)
     from vaf.batch.slurm import SlurmQueue
 
     env = ["env", f"SLURM_CONF={settings.slurm_conf}"] if settings.slurm_conf else []
@@ -97,16 +102,12 @@ def run(conf, dry_run, foreground, once, verbose) -> None:
 
 
 def _request(kind: str, conf: str | None, hostlist: tuple[str, ...]) -> None:
-    from vaf.elastic.store import Store, wake
+    from vaf.elastic.power import request
 
-    settings = _settings(conf)
-    names = [name for item in hostlist for name in expand_hostlist(item)]
-    if not names:
-        raise click.ClickException("no node names given")
-    store = Store(settings.database)
-    store.add_requests(kind, names)
-    store.close()
-    wake(settings)
+    try:
+        request(kind, conf, hostlist)
+    except VafError as err:
+        raise click.ClickException(err.reason) from None
 
 
 def _power_command(kind: str, what: str):
@@ -169,6 +170,4 @@ def _entry(args: list[str]):
 
 
 daemon_main = _entry(["run"])
-resume_main = _entry(["resume"])
-suspend_main = _entry(["suspend"])
-resume_fail_main = _entry(["resume-fail"])
+# Slurm's programs are the lean vaf.elastic.power (no click on ResumeProgram's path)

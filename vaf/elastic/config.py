@@ -74,6 +74,15 @@ class Settings:
     state_dir: str = "/var/lib/vaf/elastic"
     #: SLURM_CONF: passed to Slurm's commands through the environment when set
     slurm_conf: str = ""
+    #: QMGR / PBSNODES / QSTAT: TORQUE's client commands (prefixes, e.g. ``sudo -n qmgr``)
+    qmgr: tuple[str, ...] = ("qmgr",)
+    pbsnodes: tuple[str, ...] = ("pbsnodes",)
+    qstat: tuple[str, ...] = ("qstat",)
+    #: PBS_HOME: the TORQUE server's home; its ``server_priv/accounting`` log wakes the daemon
+    #: (empty: no log, the daemon looks every RECONCILE_INTERVAL)
+    pbs_home: str = "/var/spool/torque"
+    #: ACCOUNTING_POLL: how often the accounting log is looked at (one ``stat``)
+    accounting_poll: float = 0.2
     #: DRY_RUN: log the actions instead of doing them
     dry_run: bool = False
 
@@ -118,7 +127,7 @@ def settings_from(config: DriverConfig, **overrides) -> Settings:
             value = config.float(key, default, minimum=0.0)
         elif spec.name == "nodes" or spec.name == "static_nodes":
             value = tuple(name for item in config.list(key) for name in expand_hostlist(item))
-        elif spec.name in ("vaf", "squeeze", "join_context"):
+        elif spec.name in ("vaf", "squeeze", "join_context", "qmgr", "pbsnodes", "qstat"):
             value = config.argv(key, default)
         else:
             value = config.str(key, default)

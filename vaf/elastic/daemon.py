@@ -59,8 +59,14 @@ def squeeze_argv(settings: Settings, on: bool) -> list[str]:
     return [*settings.vaf, "cpu", "squeeze" if on else "release", *settings.squeeze]
 
 
+#: how the worker's slurmd claims its node (vaf.guest.worker reads it)
+SLURMD_MODE_KEY = "VAF_SLURMD_MODE"
+
+
 def join_context(settings: Settings) -> dict[str, str]:
-    context = {}
+    """The CONTEXT the daemon adds to each worker: power saving resumes nodes slurm.conf
+    defines (``State=CLOUD``), which slurmd claims without ``-Z``; JOIN_CONTEXT wins."""
+    context = {SLURMD_MODE_KEY: "cloud" if settings.mode == "power-save" else "dynamic"}
     for word in settings.join_context:
         key, sep, value = word.partition("=")
         if not sep or not key:
@@ -243,7 +249,8 @@ class Daemon:
     def run(self, ready: Callable[[], None] = lambda: None) -> None:
         self._sock = self._bind()
         if hasattr(self.batch, "watch"):
-            threading.Thread(target=self.batch.watch, args=(self.wake,), daemon=True,
+            threading.Thread(target=self.batch.watch, args=(self.wake, self._stop.is_set),
+                             daemon=True,
                              name="batch-events").start()
         ready()
         try:

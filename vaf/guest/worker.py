@@ -48,6 +48,9 @@ OLD_CONTEXT_MOUNT = "run/vaf/context"
 STATE_DIR = "var/lib/vaf"
 RUN_DIR = "run/vaf"  # root only (0700): the CD's mount point and the secrets live here
 MUNGE_KEY = "/etc/munge/munge.key"
+#: how slurmd claims its node: ``dynamic`` (``-Z``: the node the gate created) or ``cloud``
+#: (a ``State=CLOUD`` node slurm.conf defines, resumed by power saving: ``-Z`` refuses it)
+SLURMD_MODES = ("dynamic", "cloud")
 JOINED_MARKER = "joined"
 
 # gate exit codes (vaf.gate.gate): which ones are worth another attempt
@@ -78,6 +81,7 @@ class Settings:
     scratch_label: str = ""
     pbs_home: str = "/var/spool/torque"
     munge_key: bytes = b""
+    slurmd_mode: str = "dynamic"
     join_attempts: int = 8
     join_backoff: float = 5.0
     onegate_endpoint: str = ""
@@ -96,8 +100,9 @@ def settings_from_context(ctx: Mapping[str, str], context_dir: Path | None = Non
         return ctx.get(key, default).strip()
 
     try:
+        # VAF_NODE: the node the elastic daemon started this VM for (its name is the node's)
         hostname = validate_hostname((get("SET_HOSTNAME") or get("VAF_HOSTNAME")
-                                      or current_hostname).lower())
+                                      or get("VAF_NODE") or current_hostname).lower())
         request = JoinRequest(hostname, _int(get("VAF_CPUS") or str(os.cpu_count() or 1),
                                               "VAF_CPUS"),
                               tuple(p for p in get("VAF_PROPERTIES").split(",") if p))
@@ -109,6 +114,14 @@ def settings_from_context(ctx: Mapping[str, str], context_dir: Path | None = Non
     batch = get("VAF_BATCH", "torque").lower()
     if batch not in ("torque", "slurm"):
         raise GuestError(f"context: VAF_BATCH must be torque or slurm, got {batch!r}")
+    slurmd_mode = get("VAF_SLURMD_MODE", "dynamic").lower()
+    if slurmd_mode not in SLURMD_MODES:
+        raise GuestError("context: VAF_SLURMD_MODE must be dynamic or cloud, "
+                         f"got {slurmd_mode!r}")
+    node = get("VAF_NODE").lower()
+    if slurmd_mode == "cloud" and node and node != hostname:  # slurmd would claim another
+        raise GuestError(f"context: VAF_NODE {node} is not the host name {hostname}: "
+                         "set SET_HOSTNAME=\"$NAME\" in the template")
     host_key = get("VAF_HEAD_HOST_KEY")
     if host_key and (not host_key.isprintable()
                      or not _HOST_KEY_RE.fullmatch(" ".join(host_key.split()[:2]))):
@@ -122,6 +135,7 @@ def settings_from_context(ctx: Mapping[str, str], context_dir: Path | None = Non
         scratch_mount=get("VAF_SCRATCH_MOUNT", "/scratch"), scratch_label=get("VAF_SCRATCH_LABEL"),
         pbs_home=get("VAF_PBS_HOME", "/var/spool/torque"),
         munge_key=_b64(get("VAF_MUNGE_KEY_BASE64"), "VAF_MUNGE_KEY_BASE64"),
+        slurmd_mode=slurmd_mode,
         join_attempts=_int(get("VAF_JOIN_ATTEMPTS", "8"), "VAF_JOIN_ATTEMPTS"),
         join_backoff=float(_int(get("VAF_JOIN_BACKOFF", "5"), "VAF_JOIN_BACKOFF", minimum=0)),
         onegate_endpoint=get("ONEGATE_ENDPOINT"), vmid=get("VMID"),
@@ -304,10 +318,9 @@ class Worker:
                           f"$usecp *:{self.settings.scratch_mount} {self.settings.scratch_mount}\n")
 
     def configure_slurm(self) -> None:
-        """Configless slurmd that claims the node the gate created (``-Z -N <name>``)."""
-        options = ["-Z", "-N", self.settings.hostname, "--conf-server", self.settings.head]
-        if self.settings.properties:
-            options += ["--conf", f"Feature={','.join(self.settings.properties)}"]
+        """Configless slurmd that claims its node (started only at the end, step 6)."""
+        s = self.settings
+        options = slurmd_options(s.slurmd_mode, s.hostname, s.head, s.properties)
         # systemd splits $SLURMD_OPTIONS on blanks without quote handling: one word per option
         _write_if_changed(self.path("/etc/default/slurmd"),
                           f"SLURMD_OPTIONS=\"{' '.join(options)}\"\n")
@@ -384,6 +397,18 @@ class Worker:
             if attempt < ONEGATE_ATTEMPTS:
                 self.sleep(2.0 * attempt)
         raise GuestError("OneGate did not accept READY=YES")
+
+
+def slurmd_options(mode: str, node: str, head: str, properties: tuple[str, ...]) -> list[str]:
+    """slurmd's options: ``-Z`` claims a dynamic node (the gate's ``scontrol create``) and
+    ``--conf`` gives its features; a ``State=CLOUD`` node is defined in slurm.conf (features
+    included) and ``-Z`` refuses such a name, so it is claimed with ``-N`` alone."""
+    if mode == "cloud":
+        return ["-N", node, "--conf-server", head]
+    options = ["-Z", "-N", node, "--conf-server", head]
+    if properties:
+        options += ["--conf", f"Feature={','.join(properties)}"]
+    return options
 
 
 def _write_if_changed(path: Path, content: str | bytes, mode: int = 0o644,

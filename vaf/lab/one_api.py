@@ -36,6 +36,7 @@ ACTION = 0x0800
 # VM STATE / LCM_STATE numbers
 PENDING, ACTIVE, DONE = 1, 3, 6
 LCM_INIT, LCM_PROLOG, LCM_BOOT, LCM_RUNNING, LCM_BOOT_FAILURE = 0, 1, 2, 3, 36
+LCM_EPILOG, LCM_PROLOG_FAILURE = 11, 39
 
 OK = "ok"
 FAIL = "fail"  # BOOT_FAILURE, no worker
@@ -105,6 +106,13 @@ class OneApi:
     #: behaviour of the next VMs, consumed first; then ``default_behaviour``
     next_behaviours: list[str] = field(default_factory=list)
     default_behaviour: str = OK
+    #: what oned's deploy does before the VM runs (the demo: lvmsnap's prolog on the test
+    #: hypervisor, the NICs' VNM post, the CPU class): called in PROLOG; raising fails the VM
+    #: (PROLOG_FAILURE)
+    on_deploy: Callable[[Vm], None] | None = None
+    #: what terminate does after the VM's worker stopped (the epilog): the VM is ACTIVE/EPILOG
+    #: until it returns, then DONE
+    on_undeploy: Callable[[Vm], None] | None = None
 
     def __post_init__(self) -> None:
         self._ids = itertools.count()
@@ -204,6 +212,13 @@ class OneApi:
         return vm_id
 
     def _boot(self, vm: Vm) -> None:
+        if self.on_deploy is not None and vm.behaviour in (OK, NO_JOIN):
+            try:
+                self.on_deploy(vm)  # outside the lock: a prolog takes a while
+            except Exception:  # noqa: BLE001 - oned marks the VM, the caller's hook logs
+                with self._lock:
+                    vm.lcm_state = LCM_PROLOG_FAILURE
+                return
         with self._lock:
             if vm.state == DONE:
                 return
@@ -230,8 +245,20 @@ class OneApi:
         if vm.worker:
             self.workers.stop(vm)
             vm.worker = False
+        if self.on_undeploy is not None and vm.lcm_state != LCM_EPILOG:
+            vm.lcm_state = LCM_EPILOG
+            threading.Thread(target=self._undeploy, args=(vm,), daemon=True,
+                             name=f"epilog-{vm.id}").start()
+            return vm_id
         vm.state, vm.lcm_state, vm.etime = DONE, LCM_INIT, int(time.time())
         return vm_id
+
+    def _undeploy(self, vm: Vm) -> None:
+        try:
+            self.on_undeploy(vm)
+        finally:
+            with self._lock:
+                vm.state, vm.lcm_state, vm.etime = DONE, LCM_INIT, int(time.time())
 
     def _vm(self, vm_id: int) -> Vm:
         if vm_id not in self.vms:

@@ -13,13 +13,17 @@ from __future__ import annotations
 import json
 import os
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 from vaf.batch.torque import Torque
+from vaf.gate.gate import Gate, GateLog, handle
+from vaf.gate.identity import HostsFileResolver
 from vaf.host.runner import Runner
 from vaf.lab import torque_qmgr as server
+from vaf.lab.one_api import Vm, Workers
 from vaf.lab.torque_qmgr import QMGR_STANDIN
 
 QUEUED_COMMENT = "Not Running: Not enough of the right type of nodes are available"
@@ -231,3 +235,68 @@ class TorqueLab:
         path = self.accounting_dir / time.strftime("%Y%m%d", time.localtime(now))
         with open(path, "a", encoding="utf-8") as handle:
             handle.write(f"{stamp};{kind};{job_id};{attributes}\n")
+
+
+class Scheduler(threading.Thread):
+    """pbs_sched and the jobs themselves: every ``interval`` the waiting jobs that fit start
+    (:meth:`TorqueLab.schedule`), and a job ends ``runtime`` seconds after it started."""
+
+    def __init__(self, lab: TorqueLab, runtime: float = 1.0, interval: float = 0.2):
+        super().__init__(daemon=True, name="pbs_sched")
+        self.lab, self.runtime, self.interval = lab, runtime, interval
+        self.started: dict[str, float] = {}
+        self._done = threading.Event()
+
+    def run(self) -> None:
+        while not self._done.wait(self.interval):
+            for job_id, _ in self.lab.schedule():
+                self.started[job_id] = time.monotonic()
+            for job_id, at in list(self.started.items()):
+                if time.monotonic() - at >= self.runtime:
+                    self.lab.finish(job_id)
+                    del self.started[job_id]
+
+    def stop(self) -> None:
+        self._done.set()
+        self.join(10)
+
+
+class TorqueWorkers(Workers):
+    """The OpenNebula stand-in's VMs as TORQUE workers: a booted VM joins through the gate
+    (its ``handle``, with the lab's hosts file as the resolver: ``qmgr create node``) from
+    an address of its own, then its mom reports; a terminated VM's mom stops reporting."""
+
+    def __init__(self, lab: TorqueLab, lock_dir: str, cores: int = 1,
+                 properties: tuple[str, ...] = ("cloud",)):
+        self.lab, self.lock_dir, self.cores, self.properties = lab, lock_dir, cores, properties
+        self.addresses: dict[str, str] = {}
+        self.answers: list[tuple[str, int, str]] = []  # node, gate exit code, its line
+        self._lock = threading.Lock()
+
+    def address(self, name: str) -> str:
+        """One address per node name, for good (the gate denies a name that moved)."""
+        with self._lock:
+            if name not in self.addresses:
+                count = len(self.addresses)
+                self.addresses[name] = f"127.0.{1 + count // 250}.{1 + count % 250}"
+                self.lab.add_host(self.addresses[name], name)
+            return self.addresses[name]
+
+    def start(self, vm: Vm) -> None:
+        name = vm.context.get("VAF_NODE") or vm.name
+        address = self.address(name)
+        gate = Gate(self.lab.torque(), HostsFileResolver(str(self.lab.hosts)),
+                    allowed_properties=frozenset(self.properties), lock_dir=self.lock_dir)
+        command = f"join {name} {self.cores} {','.join(self.properties)}".strip()
+        code, line = handle({"SSH_ORIGINAL_COMMAND": command,
+                             "SSH_CONNECTION": f"{address} 40000 127.0.0.1 22"},
+                            gate, GateLog(sinks=()))
+        self.answers.append((name, code, line))
+        if code == 0:
+            self.lab.mom_up(name)
+
+    def stop(self, vm: Vm) -> None:
+        try:
+            self.lab.mom_down(vm.context.get("VAF_NODE") or vm.name)
+        except KeyError:  # the daemon deleted the node already
+            pass
