@@ -184,8 +184,19 @@ def _unlink(directory: int, name: str) -> None:
 
 
 @contextmanager
-def if_free(directory: int, name: str) -> Iterator[bool]:
-    """Try lock ``name`` without waiting; the ``with`` value says whether we hold it."""
+def if_free(directory: int | str, name: str) -> Iterator[bool]:
+    """Try lock ``name`` without waiting; the ``with`` value says whether we hold it.
+
+    ``directory`` is an fd from :func:`owned_directory`, or its path (checked the same way).
+    """
+    if isinstance(directory, str):
+        dir_fd = owned_directory(directory)
+        try:
+            with if_free(dir_fd, name) as held:
+                yield held
+        finally:
+            os.close(dir_fd)
+        return
     fd = _open_lock(directory, name)
     try:
         yield _try_lock(fd)

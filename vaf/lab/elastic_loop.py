@@ -144,7 +144,11 @@ class Loop:
             self.daemon = subprocess.Popen(
                 [sys.executable, "-m", "vaf.elastic", "run", "--conf", str(self.conf),
                  "--foreground", *extra], env=env, stderr=log, stdout=log)
-        wait_for(lambda: (self.dir / "state" / "wake.sock").exists(), "vaf-elastic", 20)
+        try:
+            wait_for(lambda: (self.dir / "state" / "wake.sock").exists(), "vaf-elastic", 20)
+        except Exception as err:  # say why: the daemon's own last words
+            tail = self.daemon_log.read_text(errors="replace")[-2000:]
+            raise RuntimeError(f"{err}; its log ends with:\n{tail}") from None
 
     def kill_daemon(self, sig: int = signal.SIGKILL) -> None:
         if self.daemon is not None:

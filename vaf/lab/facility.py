@@ -29,7 +29,7 @@ from vaf.guest.context import format_context
 from vaf.host.runner import Runner
 from vaf.lab import oned
 from vaf.lab.elastic_loop import TREE, Loop
-from vaf.lab.lvmsnap_env import SYS_DS, LvmsnapEnv
+from vaf.lab.lvmsnap_env import SYS_DS, LvmsnapEnv, prepare_host
 from vaf.lab.netns import BRIDGE, Lab
 from vaf.lab.one_api import Vm
 from vaf.lab.sshd import Sshd, make_client_key
@@ -81,9 +81,7 @@ class Facility:
 
     def start(self) -> Facility:
         started = time.monotonic()
-        self.tb.ssh(f"pvcreate -qff -y /dev/vdb && vgcreate -q {VG} /dev/vdb && "
-                    "mkdir -p /var/lib/one/datastores && chown oneadmin: /var/lib/one "
-                    "/var/lib/one/datastores")
+        prepare_host(self.tb, VG)  # the VG, the datastores, what install.sh host installs
         self.env = LvmsnapEnv(self.tb, self.work / "frontend")
         self.image, _ = self.env.image("worker-image", self.image_mb, seed=2014)
         self.say(f"[setup] test hypervisor {self.tb.host}: {VG} on /dev/vdb, worker image "
@@ -345,7 +343,7 @@ class Facility:
     def _scp_then_dd(self) -> float:
         create = f"lvcreate -qy -n demo-raw -L {self.image_mb}M {VG} >/dev/null"
         started = time.monotonic()
-        subprocess.run(["scp", "-q", "-F", self.tb.ssh_config, self.image,
+        subprocess.run(["scp", "-q", "-F", self.tb.ssh_config, str(self.env.local(self.image)),
                         f"{self.tb.host}:{COPY}"], check=True, timeout=600)
         self.env.guest(f"{create} && dd if={COPY} of=/dev/{VG}/demo-raw bs=4M oflag=direct "
                        "conv=fsync status=none")
