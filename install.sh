@@ -131,6 +131,7 @@ check_system() {
 CHANGES=0
 MANIFEST_NEW=()     # "<type> <path or name> [checksum]" of what this run installed
 KEPT=()
+KEPT_ENTRIES=()     # manifest lines of what stays, so that a later --purge finds them
 SHARED_KEPT=0       # files another role installed too (the package of frontend and head)
 
 change() {
@@ -143,16 +144,18 @@ record() { [ "$RECORD" = no ] || MANIFEST_NEW+=("$*"); }
 manifest() { echo "$ROOT$STATE_DIR_INSTALL/$ROLE.manifest"; }
 
 # Where a file the other roles installed too must stay (frontend and head share the package).
-used_by_other_role() {
-  local role
+declare -A OTHER_ROLES_PATHS=()
+load_other_manifests() {
+  local role kind path
   for role in $ROLES; do
-    [ "$role" = "$ROLE" ] && continue
-    [ -f "$ROOT$STATE_DIR_INSTALL/$role.manifest" ] &&
-      awk -v p="$1" '$2 == p {found=1} END {exit !found}' "$ROOT$STATE_DIR_INSTALL/$role.manifest" &&
-      return 0
+    [ "$role" != "$ROLE" ] && [ -f "$ROOT$STATE_DIR_INSTALL/$role.manifest" ] || continue
+    while read -r kind path _; do OTHER_ROLES_PATHS[$path]=1; done <"$ROOT$STATE_DIR_INSTALL/$role.manifest"
   done
-  return 1
 }
+used_by_other_role() { [ -n "${OTHER_ROLES_PATHS[$1]:-}" ]; }
+
+# directories a dry run would have made (so it reports each once)
+declare -A DRY_DIRS=()
 
 chown_spec() { [ -z "$ROOT" ] && [ -n "$1" ] && echo "$1"; }
 
@@ -160,11 +163,14 @@ chown_spec() { [ -z "$ROOT" ] && [ -n "$1" ] && echo "$1"; }
 ensure_dir() {
   local dir=$1 mode=$2 owner=${3:-} real_dir="$ROOT$1"
   # made by another role: this one needs it too, so the last uninstall removes it
-  if [ -d "$real_dir" ] && used_by_other_role "$dir"; then record "d $dir"; fi
-  if [ ! -d "$real_dir" ]; then
+  if [ -d "$real_dir" ] && used_by_other_role "$dir"; then
+    record "d $dir"
+    ensure_dir "$(dirname "$dir")" 755 ""
+  fi
+  if [ ! -d "$real_dir" ] && [ -z "${DRY_DIRS[$dir]:-}" ]; then
     ensure_dir "$(dirname "$dir")" 755 ""
     change "create directory $real_dir"
-    if real; then mkdir -m "$mode" "$real_dir"; fi
+    if real; then mkdir -m "$mode" "$real_dir"; else DRY_DIRS[$dir]=1; fi
     record "d $dir"
   fi
   owner=$(chown_spec "$owner") || true
@@ -485,6 +491,11 @@ frontend_install() {
 
 frontend_uninstall_extra() {
   oned_conf_step remove
+  local backup
+  for backup in "$ROOT$ONED_CONF".vaf-*; do
+    [ -e "$backup" ] && KEPT+=("$backup (oned.conf as it was before an --apply)")
+  done
+  return 0
 }
 
 # -- host ------------------------------------------------------------------------------------
@@ -704,7 +715,7 @@ uninstall_entry() {
     c)
       if [ -f "$real_path" ] && [ "$(sha256sum <"$real_path" | cut -d' ' -f1)" != "$sum" ] &&
          [ "$PURGE" = no ]; then
-        KEPT+=("$real_path (edited by you)")
+        KEPT+=("$real_path (edited by you; --purge removes it)"); KEPT_ENTRIES+=("$*")
       else
         remove_path "$path"
       fi ;;
@@ -722,7 +733,7 @@ uninstall_entry() {
       if [ -d "$real_path" ] && [ "$PURGE" = yes ]; then
         change "remove $real_path (state)"; if real; then rm -rf "$real_path"; fi
       elif [ -d "$real_path" ]; then
-        KEPT+=("$real_path (state of running VMs; --purge removes it)")
+        KEPT+=("$real_path (state of running VMs; --purge removes it)"); KEPT_ENTRIES+=("$*")
       fi ;;
     u)
       if ! getent passwd "$path" >/dev/null; then return 0; fi
@@ -730,6 +741,7 @@ uninstall_entry() {
         change "remove account $path and its home"; if real; then userdel -r "$path" 2>/dev/null || userdel "$path"; fi
       else
         KEPT+=("account $path and its home $(getent passwd "$path" | cut -d: -f6) (--purge removes them)")
+        KEPT_ENTRIES+=("$*")
       fi ;;
   esac
 }
@@ -762,8 +774,25 @@ uninstall() {
   fi
   "${ROLE}_uninstall_extra"
   if real && [ -f "$file" ]; then
-    rm -f "$file"
-    rmdir "$ROOT$STATE_DIR_INSTALL" "$(dirname "$ROOT$STATE_DIR_INSTALL")" 2>/dev/null || true
+    if [ ${#KEPT_ENTRIES[@]} -gt 0 ]; then
+      {
+        printf '%s\n' "${KEPT_ENTRIES[@]}"
+        # the directories around what stays, for that --purge
+        local entry
+        while read -r kind path _; do
+          [ "$kind" = d ] && [ -d "$ROOT$path" ] || continue
+          for entry in "${KEPT_ENTRIES[@]}"; do
+            entry=${entry#* }; entry=${entry%% *}
+            if [ "${entry#"$path"/}" != "$entry" ]; then echo "d $path"; break; fi
+          done
+        done <"$file"
+      } >"$file.new"
+      mv "$file.new" "$file"
+      echo "kept: $file (what stays, for a later $ROLE --uninstall --purge)"
+    else
+      rm -f "$file"
+      rmdir "$ROOT$STATE_DIR_INSTALL" "$(dirname "$ROOT$STATE_DIR_INSTALL")" 2>/dev/null || true
+    fi
   fi
 }
 
@@ -799,6 +828,7 @@ write_manifest() {
 # -- main ------------------------------------------------------------------------------------
 
 check_system
+load_other_manifests
 [ "$DRY" = no ] || echo "dry run: nothing is changed"
 if [ "$UNINSTALL" = yes ]; then
   uninstall
