@@ -173,12 +173,17 @@ ensure_dir() {
     if real; then mkdir -m "$mode" "$real_dir"; else DRY_DIRS[$dir]=1; fi
     record "d $dir"
   fi
-  owner=$(chown_spec "$owner") || true
-  if [ -d "$real_dir" ] && [ "$(stat -c %a "$real_dir")" != "$mode" ] && [ "$mode" != 755 -o -n "$owner" ]; then
+  [ -n "$ROOT" ] && owner=""
+  # a parent made on the way keeps whatever mode it has (no stat: forks are slow)
+  [ "$mode" != 755 ] || [ -n "$owner" ] || return 0
+  [ -d "$real_dir" ] || return 0
+  local have
+  have=$(stat -c '%a %U:%G' "$real_dir")
+  if [ "${have%% *}" != "$mode" ]; then
     change "chmod $mode $real_dir"
     if real; then chmod "$mode" "$real_dir"; fi
   fi
-  if [ -n "$owner" ] && [ -d "$real_dir" ] && [ "$(stat -c %U:%G "$real_dir")" != "$owner" ]; then
+  if [ -n "$owner" ] && [ "${have#* }" != "$owner" ]; then
     change "chown $owner $real_dir"
     if real; then chown "$owner" "$real_dir"; fi
   fi
@@ -187,8 +192,8 @@ ensure_dir() {
 # put_file SRC DEST MODE [OWNER]: copy when missing or different
 put_file() {
   local src=$1 dest=$2 mode=$3 owner=${4:-} target="$ROOT$2"
-  owner=$(chown_spec "$owner") || true
-  ensure_dir "$(dirname "$dest")" 755 ""
+  [ -n "$ROOT" ] && owner=""
+  ensure_dir "${dest%/*}" 755 ""
   if [ -L "$target" ] || [ ! -f "$target" ] || ! cmp -s "$src" "$target"; then
     change "install $target"
     if real; then
@@ -198,10 +203,12 @@ put_file() {
       mv -f "$target.vaf-new" "$target"
     fi
   else
-    if [ "$(stat -c %a "$target")" != "$mode" ]; then
+    local have
+    have=$(stat -c '%a %U:%G' "$target")
+    if [ "${have%% *}" != "$mode" ]; then
       change "chmod $mode $target"; if real; then chmod "$mode" "$target"; fi
     fi
-    if [ -n "$owner" ] && [ "$(stat -c %U:%G "$target")" != "$owner" ]; then
+    if [ -n "$owner" ] && [ "${have#* }" != "$owner" ]; then
       change "chown $owner $target"; if real; then chown "$owner" "$target"; fi
     fi
   fi
@@ -822,7 +829,7 @@ write_manifest() {
     [ -f "$file" ] && cat "$file"
     printf '%s\n' "${MANIFEST_NEW[@]}"
   } | awk '!($2 in seen) {order[++n]=$2} {seen[$2]=$0} END {for (i=1;i<=n;i++) print seen[order[i]]}' >"$file.new"
-  mv "$file.new" "$file"
+  if cmp -s "$file.new" "$file"; then rm -f "$file.new"; else mv "$file.new" "$file"; fi
 }
 
 # -- main ------------------------------------------------------------------------------------

@@ -62,7 +62,10 @@ def guest():
 
 
 def snapshot(tb) -> dict[str, list]:
-    return json.loads(tb.ssh(["python3", "-c", SNAPSHOT], timeout=300).stdout)
+    """The guest's tree; bytecode caches aside (running vaf writes them; uninstall removes
+    them with their directories)."""
+    found = json.loads(tb.ssh(["python3", "-c", SNAPSHOT], timeout=300).stdout)
+    return {path: v for path, v in found.items() if "/__pycache__" not in path}
 
 
 def installed_packages(tb) -> set[str]:
