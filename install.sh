@@ -369,7 +369,21 @@ console_scripts() {
          print kv[1], kv[2] }' "$SRC/setup.cfg"
 }
 
+# vaf's commands need click 8 (setup.cfg); Debian 11 ships python3-click 7.1
+check_click() {
+  [ -z "$ROOT" ] && real || return 0
+  local version
+  if ! version=$(python3 -c 'import importlib.metadata as m; print(m.version("click"))' 2>/dev/null); then
+    warn "python3 cannot import click: vaf's commands need python3-click 8.0 or later"
+    return 0
+  fi
+  case "$version" in
+    [0-7].*) warn "python3-click $version is older than vaf needs (8.0): install click 8 for /usr/bin/python3" ;;
+  esac
+}
+
 install_admin_package() {
+  check_click
   # root-owned: the admin runs `vaf` as root, so it must not import what oneadmin can write
   put_tree "$SRC/vaf" "$ADMIN_LIB/vaf" 644 root:root lab
   local name target module function
