@@ -278,7 +278,7 @@ put_tree() {
     if [ -n "$gone" ] && [ "${rel#"$gone"/}" != "$rel" ]; then continue; fi
     if [ ! -e "$src/$rel" ] && [ ! -L "$src/$rel" ] || is_pruned "${rel%%/*}" "$@"; then
       change "remove $ROOT$dest/$rel (not in this version)"
-      if real; then rm -rf "${ROOT:?}$dest/${rel:?}"; fi
+      if real; then rm -rf "$ROOT$dest/${rel:?}"; fi
       gone=$rel
     fi
   done < <(cd "$ROOT$dest" && find . -mindepth 1 -name __pycache__ -prune -o -print0 | sort -z)
@@ -645,7 +645,7 @@ install_gate_account() {
     change "create account $GATE_USER (home $GATE_HOME)"
     if real; then
       useradd --system --user-group --create-home --home-dir "$GATE_HOME" --shell /bin/sh \
-        --comment "vaf gate: workers join the batch system" "$GATE_USER"
+        --comment "vaf gate, workers join the batch system" "$GATE_USER"
       usermod -p '*' "$GATE_USER"   # no password, yet key logins work ('!' would lock them)
     fi
     record "u $GATE_USER"
@@ -783,7 +783,7 @@ uninstall() {
       [ -d "$ROOT$path" ] || continue
       # Python's bytecode caches, written when vaf ran from there
       if [ -d "$ROOT$path/__pycache__" ] && ! used_by_other_role "$path"; then
-        change "remove $ROOT$path/__pycache__"; if real; then rm -rf "${ROOT:?}$path/__pycache__"; fi
+        change "remove $ROOT$path/__pycache__"; if real; then rm -rf "$ROOT${path:?}/__pycache__"; fi
       fi
       if used_by_other_role "$path"; then continue; fi
       if [ -z "$(ls -A "$ROOT$path" 2>/dev/null)" ] || { [ "$DRY" = yes ] && only_removed_inside "$path"; }; then
