@@ -454,9 +454,12 @@ Host {HOST_ALIAS}
 
     def install_role(self, role: str, *args: str, check: bool = True,
                      timeout: float = 600) -> subprocess.CompletedProcess:
-        """Run ``install.sh <role> <args>`` as root in the guest, from a fresh copy of the
-        repo (``install.sh host`` installs the sudoers file, vaf-privileged and the rest)."""
-        repo = self.copy_repo()
+        """Run ``install.sh <role> <args>`` as root in the guest, from a copy of the repo made
+        at the first call (``install.sh host`` installs the sudoers file, vaf-privileged...)."""
+        # one copy per guest: a tree edited between two runs would look like a change
+        if getattr(self, "_repo_copy", None) is None:
+            self._repo_copy = self.copy_repo()
+        repo = self._repo_copy
         return self.ssh(["bash", f"{repo}/install.sh", role, *args], check=check,
                         timeout=timeout)
 
