@@ -93,8 +93,14 @@ def test_entities_are_not_expanded(tmp_path):
     secret.write_text("TOP-SECRET")
     doc = (f'<!DOCTYPE VM [<!ENTITY x SYSTEM "file://{secret}">]>'
            "<VM><ID>1</ID><NAME>&x;</NAME></VM>")
-    vm = VM.from_payload(encode_payload(doc))
-    assert "TOP-SECRET" not in (vm.name or "")
+    # lxml parses without resolving the entity; the stdlib parser (hosts without lxml)
+    # refuses any DTD: either way the file never reaches the driver
+    try:
+        vm = VM.from_payload(encode_payload(doc))
+    except ProtocolError as err:
+        assert "DTD" in err.reason and "TOP-SECRET" not in err.reason
+    else:
+        assert "TOP-SECRET" not in (vm.name or "")
 
 
 DS_PAYLOAD = ("<DS_DRIVER_ACTION_DATA><DATASTORE><ID>100</ID><NAME>system</NAME><TYPE>1</TYPE>"

@@ -10,6 +10,8 @@ import importlib
 
 import click
 
+from vaf import __version__
+
 #: command name -> "module:attribute" of a click command or group
 SUBCOMMANDS: dict[str, str] = {
     "isolation": "vaf.drivers.isolation_cli:isolation",
@@ -33,6 +35,6 @@ class LazyGroup(click.Group):
 
 
 @click.group(cls=LazyGroup)
-@click.version_option(package_name="vaf")
+@click.version_option(version=__version__, prog_name="vaf")
 def main() -> None:
     """Virtual Analysis Facility drivers for OpenNebula."""

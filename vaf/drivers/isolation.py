@@ -19,10 +19,11 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from vaf.config import DriverConfig
+from vaf.config import DriverConfig, load_config
 from vaf.errors import ConfigError, ProtocolError, VafError
 from vaf.host.ebtables import EbtablesBackend
 from vaf.host.netfilter import (
@@ -330,14 +331,28 @@ def hook(inv: Invocation, log: DriverLog) -> int:
                         "until its rules can be built") from None
 
 
+def _sweep_config(inv: Invocation) -> DriverConfig:
+    """The conf of the form in use: the hook's, or with ``vaf-isolation-sweep <VN_MAD>`` the
+    network driver's (``etc/vnm/<VN_MAD>/<VN_MAD>.conf``), whose BACKEND made the rules."""
+    if not inv.args:
+        return inv.config
+    vn_mad = expect_args(inv.args, ["VN_MAD"], "vaf-isolation-sweep")["VN_MAD"]
+    if not re.fullmatch(r"[A-Za-z0-9_]+", vn_mad):
+        raise ProtocolError(f"vaf-isolation-sweep: VN_MAD must be a driver name, got {vn_mad!r}")
+    path = os.path.join(inv.remotes, "etc", "vnm", vn_mad, f"{vn_mad}.conf")
+    if not os.path.isfile(path):
+        raise ConfigError(f"vaf-isolation-sweep: no conf {path} for VN_MAD {vn_mad}")
+    return load_config(path, inv.environ)
+
+
 def sweep(inv: Invocation, log: DriverLog) -> int:
-    """``vaf-isolation-sweep``: remove the rules of taps that no longer exist on this host.
+    """``vaf-isolation-sweep [<VN_MAD>]``: remove the rules of taps that no longer exist here.
 
     For VMs that died without clean (host crash, migration away, hook not run); meant for a
     cron job or a systemd timer on each hypervisor, and run by ``vaf isolation sweep``.
     """
-    expect_args(inv.args, [], "vaf-isolation-sweep")
-    removed = isolation_for(inv, log).sweep()
+    settings = Settings.from_config(_sweep_config(inv), inv.remotes)
+    removed = Isolation(settings, inv.runner, log).sweep()
     log.info(f"removed the rules of {len(removed)} vanished taps"
              + (f": {', '.join(sorted(removed))}" if removed else ""))
     return 0

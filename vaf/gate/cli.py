@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import shlex
+import shutil
 import sys
 
 import click
@@ -11,9 +13,20 @@ from vaf.errors import VafError
 from vaf.gate.gate import DEFAULT_CONFIG, serve
 from vaf.gate.keys import authorized_keys_line
 
-#: how the forced command starts the gate unless the admin says otherwise: this Python with
-#: this package, so the line works wherever ``vaf`` itself is installed
-DEFAULT_PROGRAM = (sys.executable, "-m", "vaf.gate")
+#: the gate's own command, installed beside ``vaf`` by install.sh (head) and by pip
+GATE_COMMAND = "vaf-gate"
+
+
+def default_program() -> list[str]:
+    """How the forced command starts the gate unless the admin says otherwise: the
+    ``vaf-gate`` beside this ``vaf`` or on PATH (install.sh's wrapper puts the package on the
+    path itself: a plain ``python3 -m vaf.gate`` could not import it), else this Python with
+    this package (a virtualenv's ``vaf`` run by its full path)."""
+    beside = os.path.join(os.path.dirname(os.path.abspath(sys.argv[0])), GATE_COMMAND)
+    for candidate in (beside, shutil.which(GATE_COMMAND)):
+        if candidate and os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+            return [os.path.abspath(candidate)]
+    return [sys.executable, "-m", "vaf.gate"]
 
 
 @click.group(name="gate")
@@ -35,13 +48,15 @@ def serve_command(config_path: str) -> None:
 @click.option("--from", "from_patterns", multiple=True, required=True,
               help="address, network or host pattern the workers connect from (repeatable)")
 @click.option("--config", "config_path", default=DEFAULT_CONFIG, show_default=True)
-@click.option("--program", default=shlex.join(DEFAULT_PROGRAM), show_default=True,
-              help="command that runs the gate's click group on the head node")
-def authorized_keys_command(key_file, from_patterns, config_path: str, program: str) -> None:
+@click.option("--program", default=None,
+              help="command that runs the gate's click group on the head node "
+                   "[default: the installed vaf-gate]")
+def authorized_keys_command(key_file, from_patterns, config_path: str,
+                            program: str | None) -> None:
     """Print the authorized_keys line for the restricted account."""
+    argv = shlex.split(program) if program else default_program()
     try:
-        line = authorized_keys_line(key_file.read(), from_patterns, shlex.split(program),
-                                    config_path)
+        line = authorized_keys_line(key_file.read(), from_patterns, argv, config_path)
     except VafError as err:
         raise click.ClickException(err.reason) from None
     click.echo(line)

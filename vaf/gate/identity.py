@@ -20,11 +20,12 @@ import ipaddress
 import socket
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, Union
 
 from vaf.errors import VafError
 
-Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+# Union, not |: this alias is evaluated at import, and the head node may run Python 3.9
+Address = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]  # noqa: UP007
 
 
 class Denied(VafError):

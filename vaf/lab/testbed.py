@@ -10,7 +10,10 @@ Each session gets its own run dir (port, qmp socket, console log, a fresh sparse
 
 Environment: ``TESTBED=0`` skips the tests that use the fixture; ``VAF_TESTBED_DIR`` is the
 build dir; ``VAF_TESTBED_ACCEL=kvm`` uses real KVM where it exists (never on PVM hosts);
-``VAF_TESTBED_KEEP=1`` keeps the run dir after the session for post-mortems.
+``VAF_TESTBED_KEEP=1`` keeps the run dir after the session for post-mortems;
+``VAF_TESTBED_HOST_SETUP=install.sh`` boots the guest without the image's blanket sudo rule
+for oneadmin and sets it up with ``install.sh host`` alone (what an admin does on a
+hypervisor), so the tests run against exactly the rules vaf installs.
 
 Importing this module has no side effects: nothing runs until ``Testbed.start``.
 """
@@ -41,6 +44,8 @@ READY_MARKER = "vaf-init: READY"
 SHARE_TAG = "vafshare"
 PV_SIZE = "128G"
 POWEROFF = "/sbin/vaf-poweroff"
+BLANKET_SUDO = "/etc/sudoers.d/oneadmin"  # testbed/build.sh: oneadmin ALL=(ALL) NOPASSWD: ALL
+HOST_SETUPS = ("image", "install.sh")  # who grants oneadmin its sudo in the guest
 
 BUILD_TIMEOUT = 1800  # from nothing it takes ~1-2 min; a slow mirror may take much longer
 BOOT_TIMEOUT = 240
@@ -185,6 +190,10 @@ class Testbed:
         self.boot_seconds: float | None = None
         self.shutdown_seconds: float | None = None
         self._alive_lock = None  # open file holding the run dir's flock while we live
+        self.host_setup = os.environ.get("VAF_TESTBED_HOST_SETUP", "image")
+        if self.host_setup not in HOST_SETUPS:
+            raise TestbedError(f"VAF_TESTBED_HOST_SETUP must be one of {HOST_SETUPS}, "
+                               f"got {self.host_setup!r}")
 
     # -- paths --------------------------------------------------------------------------------
 
@@ -229,6 +238,9 @@ class Testbed:
         _install_safety_net()
         try:
             self._boot_with_free_port()
+            if self.host_setup == "install.sh":
+                self.drop_blanket_sudo()
+                self.install_role("host")
         except BaseException:
             self.stop()
             raise
@@ -421,6 +433,35 @@ Host {HOST_ALIAS}
         if tar.returncode != 0 or ssh.returncode != 0:
             raise TestbedError(f"sync_remotes {src} -> {dest} failed (tar {tar.returncode}, "
                                f"ssh {ssh.returncode}): {_tail(ssh.stderr)}")
+
+    # -- vaf installed as an admin installs it ---------------------------------------------------
+
+    def drop_blanket_sudo(self) -> None:
+        """Remove the image's ``oneadmin ALL=(ALL) NOPASSWD: ALL`` (root.img stays pristine:
+        snapshot=on), and check that oneadmin really lost it."""
+        self.ssh(["rm", "-f", BLANKET_SUDO])
+        if self.ssh("sudo -n true", user="oneadmin", check=False).returncode == 0:
+            raise TestbedError("oneadmin still has blanket sudo in the guest")
+
+    def copy_repo(self, repo: str | os.PathLike = REPO) -> str:
+        """The repo's files (no .git, venvs or caches) in the shared dir, the same path in
+        the guest; returns that path."""
+        dest = Path(self.shared_dir) / "vaf-repo"
+        shutil.rmtree(dest, ignore_errors=True)
+        shutil.copytree(repo, dest, symlinks=True, ignore=shutil.ignore_patterns(
+            ".git", ".venv*", "__pycache__", "*.pyc", ".pytest_cache", ".ruff_cache"))
+        return str(dest)
+
+    def install_role(self, role: str, *args: str, check: bool = True,
+                     timeout: float = 600) -> subprocess.CompletedProcess:
+        """Run ``install.sh <role> <args>`` as root in the guest, from a copy of the repo made
+        at the first call (``install.sh host`` installs the sudoers file, vaf-privileged...)."""
+        # one copy per guest: a tree edited between two runs would look like a change
+        if getattr(self, "_repo_copy", None) is None:
+            self._repo_copy = self.copy_repo()
+        repo = self._repo_copy
+        return self.ssh(["bash", f"{repo}/install.sh", role, *args], check=check,
+                        timeout=timeout)
 
     @contextlib.contextmanager
     def loop_vg(self, name: str, size_mb: int):

@@ -119,13 +119,14 @@ def expect_args(argv: Sequence[str], names: Sequence[str], action: str,
         if len(argv) != len(names):
             raise ProtocolError(f"{action} expects {_count(len(names))} "
                                 f"({' '.join(names)}), got {len(argv)}")
-        return dict(zip(names, argv, strict=True))
+        # lengths checked above; no strict=: it is 3.10+, and this runs on 3.9 hosts
+        return dict(zip(names, argv))  # noqa: B905
     fixed = list(names)
     if len(argv) < len(fixed):
         raise ProtocolError(f"{action} expects at least {_count(len(fixed))} "
                             f"({variadic}... {' '.join(fixed)}), got {len(argv)}")
     split = len(argv) - len(fixed)
-    named: dict[str, str | list[str]] = dict(zip(fixed, argv[split:], strict=True))
+    named: dict[str, str | list[str]] = dict(zip(fixed, argv[split:]))  # noqa: B905
     named[variadic] = list(argv[:split])
     return named
 
