@@ -555,12 +555,11 @@ install_privileged() {
       *) put_file "$file" "$PRIV_DIR/$(basename "$file")" 755 root:root ;;
     esac
   done
-  # the package the privileged programs import: their closure (vaf/layers.py), root-owned
-  roots=$(sed -n -E 's/^(from|import) (vaf(\.[A-Za-z0-9_]+)*).*/\2/p' "$SRC"/share/privileged/* | sort -u)
+  # the package the privileged program runs: the host closure (vaf/layers.py: the entry
+  # points and every module the registry names for hosts, privileged verbs included), root-owned
   local stage
   stage=$(mktemp -d)
-  # shellcheck disable=SC2086  # one root per word
-  PY_SRC 'from vaf import layers; print("\n".join(layers.closure_files(sys.argv[2:])))' $roots |
+  PY_SRC 'from vaf import layers; from vaf.drivers import registry; print("\n".join(layers.closure_files(layers.host_roots(registry))))' |
     while read -r rel; do mkdir -p "$stage/vaf/$(dirname "$rel")"; cp "$SRC/vaf/$rel" "$stage/vaf/$rel"; done
   ensure_dir "$PRIV_DIR/lib" 755 root:root
   put_tree "$stage/vaf" "$PRIV_DIR/lib/vaf" 644 root:root

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from vaf import layers
+from vaf.drivers import registry
 
 REPO = Path(__file__).resolve().parent.parent
 REMOTES = "/var/lib/one/remotes"
@@ -216,7 +217,8 @@ def test_host_role_installs_the_privileged_entry_point_as_it_expects(tmp_path):
     assert (tmp_path / "usr/lib/vaf/privileged.conf").is_file()
     copied = sorted(str(p.relative_to(tmp_path / "usr/lib/vaf/lib/vaf"))
                     for p in (tmp_path / "usr/lib/vaf/lib/vaf").rglob("*.py"))
-    assert copied == layers.closure_files(["vaf.host.privileged"])
+    assert copied == layers.closure_files(layers.host_roots(registry))
+    assert "drivers/lvmsnap/host.py" in copied  # what the privileged lvmsnap verbs run
     proc = subprocess.run([str(privileged), "no-such-verb"], input="{}", capture_output=True,
                           text=True, check=False)
     assert proc.returncode != 0 and "Traceback" not in proc.stderr  # the copy imports

@@ -351,7 +351,7 @@ def sweep(inv: Invocation, log: DriverLog) -> int:
     For VMs that died without clean (host crash, migration away, hook not run); meant for a
     cron job or a systemd timer on each hypervisor, and run by ``vaf isolation sweep``.
     """
-    settings = Settings.from_config(_sweep_config(inv), inv.remotes)
+    settings = Settings.from_config(_sweep_config(inv))
     removed = Isolation(settings, inv.runner, log).sweep()
     log.info(f"removed the rules of {len(removed)} vanished taps"
              + (f": {', '.join(sorted(removed))}" if removed else ""))
