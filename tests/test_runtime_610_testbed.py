@@ -10,7 +10,7 @@ attribute (vaf/lab/oned_logs.py).
 from __future__ import annotations
 
 import pytest
-from test_lvmsnap_testbed import env  # noqa: F401 - the module-scoped fixture (VG on /dev/vdb)
+from test_lvmsnap_testbed import env, kill_at, no_kill  # noqa: F401 - the module-scoped fixture (VG on /dev/vdb)
 
 from vaf.lab.lvmsnap_env import oned
 from vaf.lab.oned_logs import TRANSFER_ERROR, TRUNCATED
@@ -41,14 +41,15 @@ def test_progress_of_a_success_reaches_the_vm_log(env, version):  # noqa: F811
 
 def test_failure_with_details_keeps_the_reason_short(env):  # noqa: F811
     image, _ = env.image("killed-610", 8, seed=21)
-    env.set_conf(TEST_KILL_AT="after-dd")
+    kill_at(env, "lvchange", "vaf-fill-", "after")  # the host half dies after the copy
     try:
         with oned.runtime("6.10"):
             reply = env.clone(image, 210)
     finally:
-        env.set_conf()
-    reason = f"lvmsnap clone on {env.tb.host} ended abnormally (killed, or the connection was lost)"
-    assert (reply.result, reply.reason) == ("FAILURE", reason)
+        no_kill(env)
+    reason = reply.reason
+    assert reply.result == "FAILURE" and "was killed before it finished" in reason
+    assert "\n" not in reason and "INFO" not in reason and "DEBUG" not in reason
     assert env.logs.error(210) == error_attribute(reason)
     texts = env.logs.vm_log_texts(210)
     assert any(t.startswith(f"lvmsnap/clone: filling cache from {image}") for t in texts)
@@ -66,7 +67,7 @@ def test_unreachable_host_is_one_reason(env):  # noqa: F811
     finally:
         env.set_conf()
     assert reply.result == "FAILURE"
-    assert reply.reason.startswith(f"cannot run python3 on {env.tb.host}: ssh failed: ")
+    assert env.tb.host in reply.reason and "ssh" in reply.reason
     assert "ERROR" not in reply.reason and "\n" not in reply.reason
     assert env.logs.error(211) == error_attribute(reply.reason)
     assert env.logs.vm_log_texts(211)[-2:] == [reply.reason, f"{TRANSFER_ERROR}: {reply.reason}"]
@@ -76,4 +77,5 @@ def test_non_ascii_image_path_gives_a_clean_reply_on_7x(env):  # noqa: F811
     with oned.runtime("7.0"):  # the MAD's locale: LANG unset, stderr read as US-ASCII
         reply = env.clone("/var/lib/one/datastores/1/caf\u00e9", 212)
     assert reply.result == "FAILURE"
-    assert reply.reason.startswith("image /var/lib/one/datastores/1/caf\\xe9 not found")
+    assert "caf\\xe9" in reply.reason and reply.reason.isascii()
+    assert "invalid byte sequence" not in reply.reason
