@@ -730,6 +730,14 @@ def cpds(params: Mapping[str, object], log: DriverLog, privileged) -> int:
 
 # --- removing, moving, resizing --------------------------------------------------------------
 
+def remove_vm_volumes(host: Host, vmid: int, disk_id: int | None = None) -> None:
+    """Remove every volume of VM ``vmid`` (or of its disk ``disk_id``), by name and tags,
+    with or without a link; the caller holds the metadata lock."""
+    volumes = host.vg.lvs()
+    for name in cache.vm_volumes(volumes, vmid, disk_id):
+        remove_vm_volume(host, volumes, name)
+
+
 def remove_vm_volume(host: Host, volumes: Mapping[str, LogicalVolume], name: str) -> None:
     """Remove a VM disk LV (never a cache) and mark its cache as just used (for LRU)."""
     if cache.parse_vm_disk_name(name) is None:
@@ -759,9 +767,7 @@ def delete(params: Mapping[str, object], log: DriverLog, privileged) -> int:
     with host.metadata_lock():
         if disk_id is None:
             bury(host, request.vmid)
-        volumes = host.vg.lvs()
-        for name in cache.vm_volumes(volumes, request.vmid, disk_id):
-            remove_vm_volume(host, volumes, name)
+        remove_vm_volumes(host, request.vmid, disk_id)
         _remove_as_owner(host, path)
     return 0
 
@@ -879,9 +885,7 @@ def postmigrate(params: Mapping[str, object], log: DriverLog, privileged) -> int
         log.info("the VM still runs on this host: nothing to clean")
         return 0
     with host.metadata_lock():
-        volumes = host.vg.lvs()
-        for name in cache.vm_volumes(volumes, request.vmid):
-            remove_vm_volume(host, volumes, name)
+        remove_vm_volumes(host, request.vmid)
     _remove_as_owner(host, sysdir)
     return 0
 
