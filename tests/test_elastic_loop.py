@@ -9,31 +9,16 @@ nothing is left in OpenNebula or Slurm at the end.
 from __future__ import annotations
 
 import json
-import threading
 import time
 
 import pytest
 
 from vaf.lab import slurm as lab_slurm
+from vaf.lab.elastic_loop import CloudWatch as Watch
 from vaf.lab.elastic_loop import Loop
 from vaf.lab.one_api import NO_JOIN
 
 pytestmark = pytest.mark.skipif(not lab_slurm.available(), reason="needs munge and Slurm 22.05")
-
-
-class Watch(threading.Thread):
-    """Samples the cloud every 50 ms: the most VMs at once, any name with two live VMs."""
-
-    def __init__(self, api):
-        super().__init__(daemon=True)
-        self.api, self.most, self.doubles, self.running = api, 0, set(), True
-
-    def run(self):
-        while self.running:
-            names = [vm.context.get("VAF_NODE") for vm in self.api.live()]
-            self.most = max(self.most, len(names))
-            self.doubles |= {n for n in names if names.count(n) > 1}
-            time.sleep(0.05)
 
 
 @pytest.fixture

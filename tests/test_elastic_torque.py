@@ -6,12 +6,11 @@ loop against the TORQUE and OpenNebula stand-ins with the real daemon as its own
 from __future__ import annotations
 
 import json
-import threading
-import time
 
 import pytest
 
 from vaf.batch.torque_log import AccountingFollower, wake_on_records
+from vaf.lab.elastic_loop import CloudWatch as Watch
 from vaf.lab.elastic_loop import TorqueLoop
 from vaf.lab.torque import TorqueLab
 
@@ -58,21 +57,6 @@ def test_an_unreadable_log_is_said_once_and_retried(tmp_path, caplog):
     with caplog.at_level("WARNING"):
         wake_on_records(Broken(), Wakes(), lambda: next(stops), sleep=sleeps.append)
     assert caplog.text.count("Permission denied") == 1 and len(sleeps) == 3
-
-
-class Watch(threading.Thread):
-    """Samples the cloud every 50 ms: the most VMs at once, any name with two live VMs."""
-
-    def __init__(self, api):
-        super().__init__(daemon=True)
-        self.api, self.most, self.doubles, self.running = api, 0, set(), True
-
-    def run(self):
-        while self.running:
-            names = [vm.context.get("VAF_NODE") for vm in self.api.live()]
-            self.most = max(self.most, len(names))
-            self.doubles |= {n for n in names if names.count(n) > 1}
-            time.sleep(0.05)
 
 
 @pytest.fixture
