@@ -95,3 +95,17 @@ def test_a_removed_lock_file_is_never_held_twice(tmp_path):
             pass
     finally:
         os.close(fd)
+
+
+def test_a_free_lock_left_by_a_killed_holder_is_dropped_and_a_held_one_is_kept(tmp_path):
+    fd = locks.owned_directory(str(tmp_path / "d"))
+    try:
+        (tmp_path / "d" / "fill-vg-k1.lock").touch(mode=0o600)  # a killed holder's file
+        with locks.exclusive(fd, "fill-vg-k2", timeout=1, what="f"):
+            assert locks.names(fd, "fill-vg-") == ["fill-vg-k1", "fill-vg-k2"]
+            for name in locks.names(fd, "fill-vg-"):
+                with locks.if_free(fd, name, remove=True):
+                    pass
+            assert locks.names(fd, "fill-vg-") == ["fill-vg-k2"]  # still held: kept
+    finally:
+        os.close(fd)

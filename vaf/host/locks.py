@@ -184,21 +184,39 @@ def _unlink(directory: int, name: str) -> None:
 
 
 @contextmanager
-def if_free(directory: int | str, name: str) -> Iterator[bool]:
+def if_free(directory: int | str, name: str, *, remove: bool = False) -> Iterator[bool]:
     """Try lock ``name`` without waiting; the ``with`` value says whether we hold it.
 
     ``directory`` is an fd from :func:`owned_directory`, or its path (checked the same way).
+    ``remove``: when we hold it, unlink the lock file before releasing it (a lock file left
+    by a killed holder is dropped this way).
     """
     if isinstance(directory, str):
         dir_fd = owned_directory(directory)
         try:
-            with if_free(dir_fd, name) as held:
+            with if_free(dir_fd, name, remove=remove) as held:
                 yield held
         finally:
             os.close(dir_fd)
         return
-    fd = _open_lock(directory, name)
-    try:
-        yield _try_lock(fd)
-    finally:
-        os.close(fd)
+    while True:
+        fd = _open_lock(directory, name)
+        try:
+            held = _try_lock(fd)
+            if held and not _still_linked(directory, name, fd):
+                continue  # its holder dropped the file as we opened it: try the current one
+            try:
+                yield held
+            finally:
+                if held and remove:
+                    _unlink(directory, name)
+            return
+        finally:
+            os.close(fd)
+
+
+def names(directory: int, prefix: str) -> list[str]:
+    """The lock names in ``directory`` that start with ``prefix``."""
+    suffix = lock_name("x")[1:]
+    return sorted(entry[:-len(suffix)] for entry in os.listdir(directory)
+                  if entry.startswith(prefix) and entry.endswith(suffix))

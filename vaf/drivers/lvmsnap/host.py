@@ -317,13 +317,20 @@ def wait_until_closed(host: Host, name: str, limit: float = STALE_FILL_WAIT_SECO
 
 
 def remove_stale_fills(host: Host, volumes: Mapping[str, LogicalVolume]) -> None:
-    """Remove fills whose filler is gone (its fill lock is free) and that nothing has open."""
+    """Remove fills whose filler is gone (its fill lock is free) and that nothing has open,
+    and the fill lock files such killed fillers left (caller holds the metadata lock)."""
     for name in cache.stale_fills(volumes.values()):
         key = name[len(cache.FILL_PREFIX):]
-        with locks.if_free(host.state, fill_lock(host, key)) as free:
+        with locks.if_free(host.state, fill_lock(host, key), remove=True) as free:
             if free and not volumes[name].open:
                 host.log.info(f"removing {name}, left over by an interrupted fill")
                 host.vg.remove(name)
+    for lock in locks.names(host.state, fill_lock(host, "")):
+        # a free lock without its fill LV is a killed filler's; a filler that has just
+        # opened it notices the unlink and takes a new one (see vaf.host.locks)
+        if cache.fill_name(lock[len(fill_lock(host, "")):]) not in volumes:
+            with locks.if_free(host.state, lock, remove=True):
+                pass
 
 
 def fill_lock(host: Host, key: str) -> str:
