@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from support.cpu import CGROUP_V1_CPU, Hypervisor, read_int, thread_nices, v1_cpu_available
 from support.cpu_onevm import CannedVm, write_cloud
 from vaf.cli import main
+from vaf.lab.kvm_standins import CGROUP_V1_CPU, Hypervisor, read_int, thread_nices, v1_cpu_available
 
 REPO = Path(__file__).resolve().parent.parent
 SUPPORT = REPO / "tests" / "support"

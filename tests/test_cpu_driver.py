@@ -10,16 +10,15 @@ from __future__ import annotations
 import base64
 import os
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from support.cpu import CGROUP_V1_CPU, Hypervisor, read_int, thread_nices, v1_cpu_available
 from vaf.config import DriverConfig
 from vaf.drivers.cpu import Settings, describe, parse_class
 from vaf.errors import ConfigError
+from vaf.lab.kvm_standins import CGROUP_V1_CPU, Hypervisor, read_int, thread_nices, v1_cpu_available
 from vaf.lab.oned import current_runtime, write_version_file
 
 REPO = Path(__file__).resolve().parent.parent
@@ -70,18 +69,7 @@ def vm_tag(vmid: int) -> str:
 @pytest.fixture
 def remotes(tmp_path, hypervisor, oned_runtime, oned_logs) -> Path:
     """A hypervisor's /var/tmp/one: launcher, package, our conf, the two entry points."""
-    root = tmp_path / "one"
-    (root / "vaf" / "lib").mkdir(parents=True)
-    shutil.copy(REPO / "remotes" / "vaf" / "dispatch", root / "vaf" / "dispatch")
-    (root / "vaf" / "lib" / "vaf").symlink_to(REPO / "vaf")
-    for entry in ("vnm/bridge/post.d/vaf-cpu-priority", "hooks/cpu-priority/vaf-cpu-priority"):
-        link = REPO / "remotes" / entry
-        (root / entry).parent.mkdir(parents=True)
-        (root / entry).symlink_to(os.readlink(link))
-    conf = (REPO / "remotes" / "etc" / "vaf" / "cpu-priority.conf").read_text()
-    (root / "etc" / "vaf").mkdir(parents=True)
-    (root / "etc" / "vaf" / "cpu-priority.conf").write_text(
-        conf + f"PRIVILEGED={hypervisor.privileged}\n")
+    root = Path(hypervisor.remotes(str(tmp_path / "one")))
     write_version_file(root)  # each test runs under both runtimes (conftest.py)
     oned_logs.configure(root, front_end=False)
     return root

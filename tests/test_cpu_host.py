@@ -12,7 +12,10 @@ import time
 
 import pytest
 
-from support.cpu import (
+from vaf.errors import ConfigError
+from vaf.host import cpu, proc
+from vaf.host.runner import Result, Runner
+from vaf.lab.kvm_standins import (
     CGROUP_V1_CPU,
     CGROUP_V2,
     Hypervisor,
@@ -22,9 +25,6 @@ from support.cpu import (
     v1_cpu_available,
     v2_available,
 )
-from vaf.errors import ConfigError
-from vaf.host import cpu, proc
-from vaf.host.runner import Result, Runner
 
 needs_v1 = pytest.mark.skipif(not v1_cpu_available(), reason="needs root and cgroup v1 cpu")
 needs_v2 = pytest.mark.skipif(not v2_available(), reason="needs root and a cgroup2 mount")

@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from support.cpu import STANDIN_BODY
 from support.cpu_onevm import CannedVm, write_cloud
 from vaf.cli import main
+from vaf.lab.kvm_standins import STANDIN_BODY
 
 pytestmark = [pytest.mark.testbed, pytest.mark.slow]
 

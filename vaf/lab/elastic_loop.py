@@ -89,6 +89,7 @@ class Loop:
     #: the OpenNebula stand-in's deploy/terminate hooks (:class:`vaf.lab.one_api.OneApi`)
     on_deploy: object = None
     on_undeploy: object = None
+    first_vmid: int = 0  # the stand-in's first VM ID
     dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="vaf-elastic-")))
 
     def __post_init__(self) -> None:
@@ -112,7 +113,8 @@ class Loop:
         self._scripts()
         self.slurm.start()
         self.api = OneApi(workers=SlurmWorkers(self.slurm), boot_delay=self.boot_delay,
-                          on_deploy=self.on_deploy, on_undeploy=self.on_undeploy).up()
+                          on_deploy=self.on_deploy, on_undeploy=self.on_undeploy,
+                          first_id=self.first_vmid).up()
         self.write_conf({"BATCH": "slurm", "MODE": "power-save", "IDLE_THRESHOLD": "0",
                          "SLURM_CONF": str(self.slurm.conf)})
         return self

@@ -6,7 +6,9 @@ for workers; each VM's deploy hook runs what oned would on the test hypervisor
 (:mod:`vaf.lab.testbed`) through the oned stand-in (:mod:`vaf.lab.oned`): lvmsnap's prolog
 (CLONE of the worker image, cold the first time and warm after, MKSWAP, MKIMAGE xfs
 scratch, CONTEXT ISO), and the isolation VNM driver's ``post`` for its NIC (a port of a
-bridge in a network namespace on this machine). Then the worker joins the batch system
+bridge in a network namespace on this machine), and the CPU priority RUNNING hook for its
+class (the worker template says ``CPU_PRIORITY=interactive``; its qemu is a stand-in process
+on this machine, beside a long batch VM in class batch). Then the worker joins the batch system
 through the gate (a real sshd on 127.0.0.1 whose key line is the one
 ``vaf gate authorized-keys`` prints; each worker connects from its own loopback address)
 and its slurmd starts; the jobs run; idle workers are drained, their VMs terminated (the
@@ -16,29 +18,35 @@ the seed's table are measured on the same hypervisor.
 
 from __future__ import annotations
 
+import os
 import shlex
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from vaf.guest.context import format_context
 from vaf.host.runner import Runner
 from vaf.lab import oned
 from vaf.lab.elastic_loop import TREE, Loop
+from vaf.lab.kvm_standins import Hypervisor, StandIn, cpu_ticks, thread_nices
 from vaf.lab.lvmsnap_env import SYS_DS, LvmsnapEnv, prepare_host
 from vaf.lab.netns import BRIDGE, Lab
-from vaf.lab.one_api import Vm
+from vaf.lab.one_api import ACTIVE, LCM_RUNNING, Vm, vm_document
 from vaf.lab.sshd import Sshd, make_client_key
 from vaf.one.xml import encode_payload
 
 VG = f"vg-one-{SYS_DS}"
-FIRST_VMID = 100
+FIRST_VMID = 100  # the OpenNebula stand-in's first VM ID
+BATCH_VMID = FIRST_VMID - 1  # a long batch VM, there before the workers
+WORKER_CLASS = "interactive"  # CPU_PRIORITY of the worker template
+CPU_SECONDS = 3.0  # how long two VMs compete for one core in the measurement
 SWAP_MB = 512
 SCRATCH_GIB = 20
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 COPY = "/var/tmp/demo-image"  # where the seed's scp-then-dd puts the image on the host
 
 
@@ -76,6 +84,8 @@ class Facility:
         self.loop: Loop | None = None
         self.sshd: Sshd | None = None
         self.net: Lab | None = None
+        self.hv: Hypervisor | None = None
+        self.qemus: dict[int, StandIn] = {}
 
     # --- set-up ----------------------------------------------------------------------
 
@@ -92,13 +102,14 @@ class Facility:
                          settings={"IDLE_THRESHOLD": "3", "DEPLOY_TIMEOUT": "600",
                                    "POLL_INTERVAL": "0.5"},
                          dir=self.work / "loop", on_deploy=self.deploy,
-                         on_undeploy=self.undeploy)
+                         on_undeploy=self.undeploy, first_vmid=FIRST_VMID)
         (self.work / "loop").mkdir()
         self.loop.start()
         self.say(f"[setup] Slurm 22.05 up (power saving over w[1-{self.workers}], "
                  f"State=CLOUD), OpenNebula API stand-in on {self.loop.api.endpoint}")
         self._gate()
         self._network()
+        self._cpu()
         self.loop.start_daemon()
         self.say("[setup] vaf-elastic running (power-save mode)")
         return self
@@ -183,17 +194,57 @@ class Facility:
             self.errors.append(f"vnm clean of VM {vmid}: {result.stderr.strip()[-200:]}")
         self.net.remove_port(self.nic(name, vmid)[0])
 
+    def _cpu(self) -> None:
+        """The hypervisor's CPU side: a remotes tree with the CPU priority hook (as
+        ``onehost sync`` leaves it), the worker template's class, and a long batch VM."""
+        self.hv = Hypervisor(str(self.work / "cpu"))
+        self.cpu_remotes = self.hv.remotes(str(self.work / "cpu-remotes"))
+        oned.write_version_file(self.cpu_remotes)
+        self.loop.api.templates[0]["CPU_PRIORITY"] = WORKER_CLASS
+        said = self.start_qemu(self._lone_vm(BATCH_VMID, "batch"), busy=False)
+        self.say(f"[setup] a long batch VM (VM {BATCH_VMID}) on the hypervisor: {said}")
+
+    def _lone_vm(self, vmid: int, label: str) -> Vm:
+        """A running VM of class ``label`` that the elastic daemon does not own."""
+        return Vm(vmid, f"{label}-{vmid}", {"CPU": "1", "VCPU": "2"}, {"CPU_PRIORITY": label},
+                  state=ACTIVE, lcm_state=LCM_RUNNING)
+
+    def start_qemu(self, vm: Vm, busy: bool, cpu: int | None = None) -> str:
+        """Start ``vm``'s qemu (a stand-in), then the RUNNING hook as the hook manager runs
+        it; checks every thread got the class's nice; what the hook said."""
+        qemu = self.hv.start(vm.id, threads=2, busy=busy, cpu=cpu)
+        self.qemus[vm.id] = qemu
+        running = replace(vm, state=ACTIVE, lcm_state=LCM_RUNNING)  # as the hook sees it
+        done = oned.run_hook("cpu-priority/vaf-cpu-priority", remotes=self.cpu_remotes,
+                             template_xml=vm_document(running))
+        said = (done.logs or [done.reason or "?"])[0]
+        if not done.ok:
+            raise FacilityError(f"CPU priority hook of VM {vm.id}: {done.reason}")
+        nices = set(thread_nices(qemu.pid).values())
+        label = vm.user_template["CPU_PRIORITY"]
+        if len(nices) != 1:
+            raise FacilityError(f"VM {vm.id}'s threads run at nice {sorted(nices)} after "
+                                f"class {label}")
+        return said[said.index("CPU priority"):] if "CPU priority" in said else said
+
+    def stop_qemu(self, vmid: int) -> None:
+        qemu = self.qemus.pop(vmid, None)
+        if qemu is not None:
+            self.hv.stop(qemu)
+
     # --- what oned does for a VM -------------------------------------------------------
 
     def deploy(self, vm: Vm) -> None:
         """oned's deploy of ``vm``, then the worker's join; raising fails the VM."""
         name = vm.context.get("VAF_NODE") or vm.name
-        record = Deploy(name, FIRST_VMID + vm.id)
+        record = Deploy(name, vm.id)
         with self._lock:
             self.deploys[name] = record
         try:
             self._prolog(vm, record)
             self._isolate(record)
+            said = self.start_qemu(vm, busy=False)
+            self.say(f"[deploy] {name}: VM {vm.id} running, RUNNING hook: {said}")
             self._join(record)
         except Exception as err:
             self.errors.append(f"{name}: {err}")
@@ -248,11 +299,12 @@ class Facility:
     def undeploy(self, vm: Vm) -> None:
         """The epilog after terminate: every disk of the VM deleted (the cache stays)."""
         name = vm.context.get("VAF_NODE") or vm.name
-        reply = self.epilog(FIRST_VMID + vm.id)
-        self._unisolate(name, FIRST_VMID + vm.id)
+        self.stop_qemu(vm.id)
+        reply = self.epilog(vm.id)
+        self._unisolate(name, vm.id)
         if reply.result != "SUCCESS":
-            self.errors.append(f"epilog of VM {FIRST_VMID + vm.id}: {reply.reason}")
-        self.say(f"[epilog] {name}: VM {FIRST_VMID + vm.id} terminated, its disks deleted, "
+            self.errors.append(f"epilog of VM {vm.id}: {reply.reason}")
+        self.say(f"[epilog] {name}: VM {vm.id} terminated, its disks deleted, "
                  f"its NIC cleaned ({reply.result})")
 
     def epilog(self, vmid: int) -> oned.Reply:
@@ -322,11 +374,33 @@ class Facility:
                      "scp + lvcreate + dd", cold, seed, f"{seed / max(cold, 1e-3):.1f}x"))
         rows.append(("warm clone (snapshot of the cache) vs the cold clone", warm, cold,
                      f"{cold / max(warm, 1e-3):.1f}x"))
+        rows.append(self._cpu_share())
         for gib in (20, 40):
             xfs, ext3 = self._mkimage(gib, "xfs"), self._mkimage(gib, "ext3")
             rows.append((f"XFS scratch {gib} GiB vs ext3 {gib} GiB", xfs, ext3,
                          f"{ext3 / max(xfs, 1e-3):.1f}x"))
         return rows
+
+    def _cpu_share(self) -> tuple[str, float, float, str]:
+        """CPU seconds an interactive VM gets on a core it shares with a busy batch VM, with
+        the classes applied against without (both in the default class)."""
+        got = {}
+        for run, (mine, theirs) in {"classes": (WORKER_CLASS, "batch"),
+                                    "none": ("normal", "normal")}.items():
+            ids = (FIRST_VMID + 905, FIRST_VMID + 906)
+            for vmid, label in zip(ids, (mine, theirs), strict=True):
+                self.start_qemu(self._lone_vm(vmid, label), busy=True, cpu=0)
+            before = cpu_ticks(self.qemus[ids[0]].pid)
+            time.sleep(CPU_SECONDS)
+            got[run] = (cpu_ticks(self.qemus[ids[0]].pid) - before) / CLOCK_TICKS
+            for vmid in ids:
+                self.stop_qemu(vmid)
+        self.say(f"[measure] an interactive VM's CPU in {CPU_SECONDS:g} s on a core shared "
+                 f"with a busy batch VM: {got['classes']:.2f} s with the classes, "
+                 f"{got['none']:.2f} s without")
+        return (f"interactive VM's CPU seconds in {CPU_SECONDS:g} s on one core shared with a "
+                "busy batch VM: classes vs none (more is better)", got["classes"], got["none"],
+                f"{got['classes'] / max(got['none'], 1e-3):.1f}x more CPU")
 
     def _clone(self, vmid: int) -> tuple[float, float]:
         """Seconds of one CLONE action, and of the cache fill it logged (0: warm)."""
@@ -374,6 +448,8 @@ class Facility:
             self.sshd.stop()
         if self.net is not None:
             self.net.close()
+        if self.hv is not None:
+            self.hv.close()
 
 
 def _ok(reply: oned.Reply, what: str) -> None:

@@ -97,6 +97,7 @@ class OneApi:
     workers: Workers = field(default_factory=Workers)
     boot_delay: float = 0.5
     quota_vms: int | None = None  # the user's VMS quota
+    first_id: int = 0  # the first VM's ID (oned counts on from the last VM it ever made)
     port: int = field(default_factory=free_port)
     templates: dict[int, dict[str, object]] = field(
         default_factory=lambda: {0: {"NAME": "worker", "CPU": "1", "VCPU": "1",
@@ -115,7 +116,7 @@ class OneApi:
     on_undeploy: Callable[[Vm], None] | None = None
 
     def __post_init__(self) -> None:
-        self._ids = itertools.count()
+        self._ids = itertools.count(self.first_id)
         self._lock = threading.RLock()
         self._server: _Server | None = None
         self._timers: list[threading.Timer] = []
@@ -266,7 +267,7 @@ class OneApi:
         return self.vms[vm_id]
 
     def vm_info(self, vm_id: int, decrypt: bool = False) -> str:
-        return etree.tostring(_vm_element(self._vm(vm_id), full=True), encoding="unicode")
+        return vm_document(self._vm(vm_id))
 
     def vmpool_info(self, who: int, start: int, end: int, state: int) -> str:
         """``state`` -2: any, -1: any but DONE, else that STATE; ``start``/``end`` -1: all."""
@@ -318,6 +319,12 @@ def _attributes(parent, values: dict[str, object]) -> None:
             _attributes(_sub(parent, key), value)
         else:
             _sub(parent, key, html.unescape(str(value)))
+
+
+def vm_document(vm: Vm) -> str:
+    """The whole ``<VM>`` document oned gives for ``vm`` (``one.vm.info``, a hook's
+    ``$TEMPLATE``)."""
+    return etree.tostring(_vm_element(vm, full=True), encoding="unicode")
 
 
 def _vm_element(vm: Vm, full: bool):

@@ -1,4 +1,5 @@
-"""Stand-ins for KVM VMs: real multi-threaded processes whose command line looks like qemu's.
+"""Stand-ins for KVM VMs: real multi-threaded processes whose command line looks like qemu's
+(for the CPU priority tests and the demo: what the CPU driver finds, reads and renices).
 
 Each stand-in is a Python interpreter exec'd with ``argv[0] = qemu-system-x86_64`` and
 libvirt's ``-name guest=one-<vmid>,debug-threads=on``, runs a few extra threads (idle or
@@ -18,9 +19,11 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the tree
 
 CGROUP_V1_CPU = "/sys/fs/cgroup/cpu"
+#: where the CPU class is applied after deploy: the VNM post.d program and the RUNNING hook
+CPU_ENTRY_POINTS = ("vnm/bridge/post.d/vaf-cpu-priority", "hooks/cpu-priority/vaf-cpu-priority")
 CGROUP_V2 = "/sys/fs/cgroup/unified"
 
 # The stand-in's body: start THREADS threads (busy loops or sleepers), then say "ready".
@@ -96,6 +99,25 @@ class Hypervisor:
             with open(os.path.join(home, "privileged.conf"), "w") as handle:
                 handle.write(f"STATE_DIR={self.state_dir}\nPID_DIR={self.pid_dir}\n")
         return program
+
+    def remotes(self, root: str) -> str:
+        """A hypervisor's remotes tree (``/var/tmp/one``) for the CPU priority entry points:
+        the launcher, this package, both entry points, and the conf naming this hypervisor's
+        privileged entry point; its path."""
+        for entry in CPU_ENTRY_POINTS:
+            os.makedirs(os.path.dirname(os.path.join(root, entry)), exist_ok=True)
+            os.symlink(os.readlink(os.path.join(REPO, "remotes", entry)),
+                       os.path.join(root, entry))
+        os.makedirs(os.path.join(root, "vaf", "lib"), exist_ok=True)
+        shutil.copy(os.path.join(REPO, "remotes", "vaf", "dispatch"),
+                    os.path.join(root, "vaf", "dispatch"))
+        os.symlink(os.path.join(REPO, "vaf"), os.path.join(root, "vaf", "lib", "vaf"))
+        conf = os.path.join("etc", "vaf", "cpu-priority.conf")
+        os.makedirs(os.path.join(root, "etc", "vaf"), exist_ok=True)
+        with open(os.path.join(REPO, "remotes", conf)) as stock, \
+                open(os.path.join(root, conf), "w") as handle:
+            handle.write(stock.read() + f"PRIVILEGED={self.privileged}\n")
+        return root
 
     def start(self, vmid: int, threads: int = 3, busy: bool = False, cgroup: str | None = None,
               cpu: int | None = None, pid_file: bool = True) -> StandIn:
