@@ -104,6 +104,9 @@ if [ -n "${ONE_LOCATION:-}" ]; then
 fi
 : "${REMOTES:=/var/lib/one/remotes}" "${ONED_CONF:=/etc/one/oned.conf}"
 case "$REMOTES" in /*) ;; *) die "--remotes must be an absolute path" ;; esac
+# one spelling of each path (the scan of what is on disk is keyed by path)
+[ "${#ROOT}" -le 1 ] || ROOT=${ROOT%/}
+[ "${#REMOTES}" -le 1 ] || REMOTES=${REMOTES%/}
 if [ "$(id -u)" != 0 ] && [ -z "$ROOT" ] && [ "$DRY" = no ]; then
   die "run as root (or look first with --dry-run)"
 fi
@@ -157,7 +160,41 @@ used_by_other_role() { [ -n "${OTHER_ROLES_PATHS[$1]:-}" ]; }
 # directories a dry run would have made (so it reports each once)
 declare -A DRY_DIRS=()
 
-chown_spec() { [ -z "$ROOT" ] && [ -n "$1" ] && echo "$1"; }
+# What is on disk under the trees about to be installed, read once per tree (one find, one
+# sha256sum) instead of a stat and a cmp per file: on a slow machine the forks dominate a run.
+# SEEN[path]="<mode> <user:group> <link target>", SUMS[file]=sha256. Existence is always asked
+# of the disk (builtin tests); a path this run changes is forgotten (asked again if needed).
+declare -A SEEN=() SUMS=() SCANNED=()
+scan() {
+  local dir entry sum path done
+  for dir in "$@"; do
+    [ -d "$dir" ] || continue
+    for done in "${!SCANNED[@]}"; do  # already read, as part of a tree read before
+      [ "$dir" = "$done" ] || [ "${dir#"$done"/}" != "$dir" ] && continue 2
+    done
+    SCANNED[$dir]=1
+    while IFS= read -r -d '' entry; do
+      SEEN[${entry#*|}]=${entry%%|*}
+    done < <(find -H "$dir" -name __pycache__ -prune -o -printf '%m %u:%g %l|%p\0')
+    while read -r sum path; do
+      SUMS[$path]=$sum
+    done < <(find -H "$dir" -name __pycache__ -prune -o -type f -print0 | xargs -0r sha256sum --)
+  done
+}
+forget() { unset "SEEN[$1]" "SUMS[$1]"; }
+# state PATH (an existing path): HAVE_MODE, HAVE_OWNER (user:group), HAVE_LINK (its target)
+state() {
+  local have=${SEEN[$1]:-}
+  [ -n "$have" ] || have=$(find "$1" -maxdepth 0 -printf '%m %u:%g %l')
+  HAVE_MODE=${have%% *}; have=${have#* }
+  HAVE_OWNER=${have%% *}; HAVE_LINK=${have#* }
+}
+same_content() {  # same_content SRC TARGET (both regular files)
+  if [ -n "${SUMS[$1]:-}" ] && [ -n "${SUMS[$2]:-}" ]; then [ "${SUMS[$1]}" = "${SUMS[$2]}" ]
+  else cmp -s "$1" "$2"
+  fi
+}
+parent() { PARENT=${1%/*}; PARENT=${PARENT:-/}; }
 
 # ensure_dir PATH MODE OWNER: a directory vaf made is recorded (removed when empty at uninstall)
 ensure_dir() {
@@ -165,27 +202,26 @@ ensure_dir() {
   # made by another role: this one needs it too, so the last uninstall removes it
   if [ -d "$real_dir" ] && used_by_other_role "$dir"; then
     record "d $dir"
-    ensure_dir "$(dirname "$dir")" 755 ""
+    parent "$dir"; ensure_dir "$PARENT" 755 ""
   fi
   if [ ! -d "$real_dir" ] && [ -z "${DRY_DIRS[$dir]:-}" ]; then
-    ensure_dir "$(dirname "$dir")" 755 ""
+    parent "$dir"; ensure_dir "$PARENT" 755 ""
     change "create directory $real_dir"
     if real; then mkdir -m "$mode" "$real_dir"; else DRY_DIRS[$dir]=1; fi
     record "d $dir"
   fi
   [ -n "$ROOT" ] && owner=""
-  # a parent made on the way keeps whatever mode it has (no stat: forks are slow)
+  # a parent made on the way keeps whatever mode it has
   [ "$mode" != 755 ] || [ -n "$owner" ] || return 0
   [ -d "$real_dir" ] || return 0
-  local have
-  have=$(stat -c '%a %U:%G' "$real_dir")
-  if [ "${have%% *}" != "$mode" ]; then
+  state "$real_dir"
+  if [ "$HAVE_MODE" != "$mode" ]; then
     change "chmod $mode $real_dir"
-    if real; then chmod "$mode" "$real_dir"; fi
+    if real; then chmod "$mode" "$real_dir"; forget "$real_dir"; fi
   fi
-  if [ -n "$owner" ] && [ "${have#* }" != "$owner" ]; then
+  if [ -n "$owner" ] && [ "$HAVE_OWNER" != "$owner" ]; then
     change "chown $owner $real_dir"
-    if real; then chown "$owner" "$real_dir"; fi
+    if real; then chown "$owner" "$real_dir"; forget "$real_dir"; fi
   fi
 }
 
@@ -194,22 +230,22 @@ put_file() {
   local src=$1 dest=$2 mode=$3 owner=${4:-} target="$ROOT$2"
   [ -n "$ROOT" ] && owner=""
   ensure_dir "${dest%/*}" 755 ""
-  if [ -L "$target" ] || [ ! -f "$target" ] || ! cmp -s "$src" "$target"; then
+  if [ -L "$target" ] || [ ! -f "$target" ] || ! same_content "$src" "$target"; then
     change "install $target"
     if real; then
       rm -f "$target"
       cp "$src" "$target.vaf-new" && chmod "$mode" "$target.vaf-new"
       [ -z "$owner" ] || chown "$owner" "$target.vaf-new"
       mv -f "$target.vaf-new" "$target"
+      forget "$target"
     fi
   else
-    local have
-    have=$(stat -c '%a %U:%G' "$target")
-    if [ "${have%% *}" != "$mode" ]; then
-      change "chmod $mode $target"; if real; then chmod "$mode" "$target"; fi
+    state "$target"
+    if [ "$HAVE_MODE" != "$mode" ]; then
+      change "chmod $mode $target"; if real; then chmod "$mode" "$target"; forget "$target"; fi
     fi
-    if [ -n "$owner" ] && [ "${have#* }" != "$owner" ]; then
-      change "chown $owner $target"; if real; then chown "$owner" "$target"; fi
+    if [ -n "$owner" ] && [ "$HAVE_OWNER" != "$owner" ]; then
+      change "chown $owner $target"; if real; then chown "$owner" "$target"; forget "$target"; fi
     fi
   fi
   record "f $dest"
@@ -227,14 +263,19 @@ put_text() {
 # put_link TARGET DEST [OWNER]: a symlink (the launcher under each action name oned calls)
 put_link() {
   local target=$1 dest=$2 owner=${3:-} path="$ROOT$2"
-  ensure_dir "$(dirname "$dest")" 755 ""
-  if [ ! -L "$path" ] || [ "$(readlink "$path")" != "$target" ]; then
+  parent "$dest"; ensure_dir "$PARENT" 755 ""
+  [ ! -L "$path" ] || state "$path"
+  if [ ! -L "$path" ] || [ "$HAVE_LINK" != "$target" ]; then
     change "link $path -> $target"
     if real; then ln -sfn "$target" "$path.vaf-new" && mv -fT "$path.vaf-new" "$path"; fi
+    forget "$path"
   fi
-  owner=$(chown_spec "$owner") || true
-  if [ -n "$owner" ] && [ "$(stat -c %U:%G "$path" 2>/dev/null)" != "$owner" ]; then
-    change "chown -h $owner $path"; if real; then chown -h "$owner" "$path"; fi
+  [ -z "$ROOT" ] || owner=""
+  if [ -n "$owner" ]; then
+    state "$path" 2>/dev/null  # a dry run made no link: no owner then
+    if [ "$HAVE_OWNER" != "$owner" ]; then
+      change "chown -h $owner $path"; if real; then chown -h "$owner" "$path"; forget "$path"; fi
+    fi
   fi
   record "l $dest"
 }
@@ -247,7 +288,7 @@ put_conf() {
     echo "kept your $target (new default: $target.dist)"
     put_file "$src" "$dest.dist" "$mode" "$owner"
   else
-    ensure_dir "$(dirname "$dest")" 755 ""
+    parent "$dest"; ensure_dir "$PARENT" 755 ""
     RECORD=no put_file "$src" "$dest" "$mode" "$owner"
     if [ -e "$target.dist" ]; then
       change "remove $target.dist (your conf is the default again)"
@@ -264,6 +305,7 @@ put_tree() {
   shift 4
   local prune=(-name __pycache__)
   for extra in "$@"; do prune+=(-o -path "./$extra"); done
+  scan "$src" "$ROOT$dest"
   ensure_dir "$dest" 755 "$owner"
   while IFS= read -r -d '' rel; do
     rel=${rel#./}
@@ -411,6 +453,8 @@ install_remotes() {
   local owner kind rel
   owner=$(remotes_owner)
   ensure_dir "$REMOTES" 755 ""
+  scan "$SRC/remotes"
+  for kind in $KINDS vaf etc; do scan "$ROOT$REMOTES/$kind"; done
   for kind in $KINDS; do
     [ -d "$SRC/remotes/$kind" ] || continue
     while IFS= read -r -d '' rel; do
@@ -724,8 +768,19 @@ remove_path() {
   if used_by_other_role "$1"; then SHARED_KEPT=$((SHARED_KEPT + 1)); return; fi
   if [ -e "$path" ] || [ -L "$path" ]; then
     change "remove $path"
-    if real; then rm -f "$path"; fi
+    if real; then REMOVALS+=("$path"); fi
   fi
+}
+REMOVALS=()  # removed together (remove_removals): one rm instead of one per file
+remove_removals() {
+  [ ${#REMOVALS[@]} -eq 0 ] || rm -f -- "${REMOVALS[@]}"
+  REMOVALS=()
+}
+is_empty_dir() {
+  local entry
+  for entry in "$1"/* "$1"/.[!.]* "$1"/..?*; do
+    if [ -e "$entry" ] || [ -L "$entry" ]; then return 1; fi
+  done
 }
 
 uninstall_entry() {
@@ -777,6 +832,7 @@ uninstall() {
     while read -r kind path sum; do
       uninstall_entry "$kind" "$path" "$sum"
     done < <(grep -v '^d ' "$file" | tac)
+    remove_removals
     mapfile -t dirs < <(awk '$1 == "d" {print $2}' "$file")
     for path in $(printf '%s\n' "${dirs[@]}" | awk 'NF {print length, $0}' | sort -rn | cut -d' ' -f2-); do
       [ -d "$ROOT$path" ] || continue
@@ -785,7 +841,7 @@ uninstall() {
         change "remove $ROOT$path/__pycache__"; if real; then rm -rf "$ROOT${path:?}/__pycache__"; fi
       fi
       if used_by_other_role "$path"; then continue; fi
-      if [ -z "$(ls -A "$ROOT$path" 2>/dev/null)" ] || { [ "$DRY" = yes ] && only_removed_inside "$path"; }; then
+      if is_empty_dir "$ROOT$path" || { [ "$DRY" = yes ] && only_removed_inside "$path"; }; then
         change "remove directory $ROOT$path"; if real; then rmdir "$ROOT$path"; fi
       elif ! holds_kept "$ROOT$path"; then
         KEPT+=("$ROOT$path (not empty: $(ls -A "$ROOT$path" | head -n3 | tr '\n' ' '))")

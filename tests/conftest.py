@@ -1,5 +1,6 @@
-"""Shared pytest set-up: the session's test hypervisor (the lab's, vaf/lab/testbed.py) and the
-oned runtime a test runs under (vaf/lab/oned.py)."""
+"""Shared pytest set-up: the session's test hypervisor (the lab's, vaf/lab/testbed.py), the
+oned runtime a test runs under (vaf/lab/oned.py), and how tests are shared out between
+parallel workers (``scripts/test`` runs pytest-xdist with ``--dist loadgroup``)."""
 import os
 
 import pytest
@@ -7,6 +8,14 @@ import pytest
 from vaf.lab import oned
 from vaf.lab.oned_logs import OnedLogs
 from vaf.lab.testbed import Testbed
+
+
+def pytest_collection_modifyitems(items):
+    """One xdist group per module (its module-scoped daemons start once), except that every
+    test on the session's test hypervisor shares one group: one worker boots it, once."""
+    for item in items:
+        group = "testbed" if "testbed" in item.fixturenames else item.module.__name__
+        item.add_marker(pytest.mark.xdist_group(group))
 
 
 @pytest.fixture(scope="session")

@@ -5,7 +5,6 @@ install.sh said it kept, nothing else."""
 
 from __future__ import annotations
 
-import json
 import os
 import shlex
 
@@ -19,29 +18,27 @@ from vaf.lab.testbed import Testbed
 pytestmark = [pytest.mark.testbed, pytest.mark.slow]
 
 # Stat (not content: hashing the root fs under TCG takes minutes) of every path of the guest
-# that an install could touch; /run only where vaf's names are.
-SNAPSHOT = r"""
-import json, os, stat, sys
+# that an install could touch; /run only where vaf's names are. find, not a Python walk: three
+# times faster in the emulated guest.
 SKIP = ("/proc", "/sys", "/dev", "/tmp", "/var/tmp", "/var/log", "/var/cache", "/var/lib/apt",
         "/var/lib/dpkg", "/run", "/root/.cache")
-found = {}
-def walk(top, keep=lambda p: True):
-    for base, dirs, files in os.walk(top):
-        dirs[:] = [d for d in dirs if os.path.join(base, d) not in SKIP]
-        for name in dirs + files:
-            path = os.path.join(base, name)
-            if not keep(path):
-                continue
-            st = os.lstat(path)
-            kind = "l" if stat.S_ISLNK(st.st_mode) else "d" if stat.S_ISDIR(st.st_mode) else "f"
-            found[path] = [kind, oct(st.st_mode & 0o7777), st.st_uid, st.st_gid,
-                           0 if kind == "d" else st.st_size,
-                           0 if kind == "d" else st.st_mtime_ns,
-                           os.readlink(path) if kind == "l" else ""]
-walk("/")
-walk("/run", lambda p: "vaf" in p)
-json.dump(found, sys.stdout)
-"""
+FIELDS = "%y\\t%m\\t%U\\t%G\\t%s\\t%T@\\t%l\\t%p\\0"
+PRUNED = " -o ".join(f"-path {path}" for path in SKIP)
+SNAPSHOT = (f"find / -mindepth 1 \\( {PRUNED} \\) -prune -o -printf '{FIELDS}'; "
+            f"find /run -mindepth 1 -path '*vaf*' -printf '{FIELDS}'")
+
+
+def parse_snapshot(listing: str) -> dict[str, list]:
+    """path -> [kind, mode, uid, gid, size, mtime, link target] (size and mtime 0 for a
+    directory: its listing changes with what is inside, which is checked entry by entry)."""
+    found = {}
+    for record in filter(None, listing.split("\0")):
+        kind, mode, uid, gid, size, mtime, link, path = record.split("\t", 7)
+        directory = kind == "d"
+        found[path] = [kind, mode, int(uid), int(gid), 0 if directory else int(size),
+                       "0" if directory else mtime, link]
+    return found
+
 
 #: what apt and the packages' scripts change besides their own files
 APT_BOOKKEEPING = ("/etc/ld.so.cache", "/etc/alternatives/", "/usr/share/doc/",
@@ -64,7 +61,7 @@ def guest():
 def snapshot(tb) -> dict[str, list]:
     """The guest's tree; bytecode caches aside (running vaf writes them; uninstall removes
     them with their directories)."""
-    found = json.loads(tb.ssh(["python3", "-c", SNAPSHOT], timeout=300).stdout)
+    found = parse_snapshot(tb.ssh(["sh", "-c", SNAPSHOT], timeout=300).stdout)
     return {path: v for path, v in found.items() if "/__pycache__" not in path}
 
 
