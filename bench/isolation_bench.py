@@ -3,8 +3,10 @@
 
 Not a test: prints a table of medians and the ratio 100th / 1st (goal: at most 1.5).
 Each repetition runs in a fresh network namespace (root needed), through the same code the
-hook and the VNM driver run (policy from the VM XML, host lock, one batch or transaction);
-only the interpreter start-up of the executables is left out, as it is constant.
+hook and the VNM driver run (policy from the VM XML, host lock, one batch or transaction),
+every firewall command through vaf-privileged as ``install.sh host`` lays it out (run
+without sudo: the bench is root); only the interpreter start-up of the hook or driver
+itself is left out, as it is constant.
 
     python3 bench/isolation_bench.py [--vms 100] [--repeat 5] [--backend nft]
 """
@@ -26,6 +28,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from vaf.config import DriverConfig  # noqa: E402
 from vaf.drivers.isolation import Isolation, Settings  # noqa: E402
 from vaf.host.runner import Runner  # noqa: E402
+from vaf.lab.host_install import install_here  # noqa: E402
 from vaf.one.log import DriverLog  # noqa: E402
 from vaf.one.xml import VM, parse_xml  # noqa: E402
 
@@ -51,12 +54,12 @@ def timed(action, machine: VM) -> float:
     return time.perf_counter() - started
 
 
-def inner(backend: str, count: int) -> dict[str, float]:
+def inner(backend: str, count: int, privileged: str) -> dict[str, float]:
     """Inside a fresh namespace: the four timings of one repetition."""
     with tempfile.TemporaryDirectory() as tmp:
         settings = Settings.from_config(DriverConfig({
             "BACKEND": backend, "LOCK_FILE": os.path.join(tmp, "lock"),
-            "ALLOWED_EXTRA_MACS": SERVICE_MAC}))
+            "ALLOWED_EXTRA_MACS": SERVICE_MAC, "PRIVILEGED": privileged}))
         isolation = Isolation(settings, Runner(), DriverLog("bench", stream=io.StringIO()))
         # Warm-up: the host's table, base chains and the binaries' pages exist before the
         # 1st VM, so 1st and 100th differ only by the VMs already isolated.
@@ -77,21 +80,29 @@ def inner(backend: str, count: int) -> dict[str, float]:
 def outer(vms: int, repeat: int, backends: list[str]) -> None:
     runner = Runner()
     rows = {}
-    for backend in backends:
-        samples: dict[str, list[float]] = {}
-        for _ in range(repeat):
-            ns = f"vafbench{os.getpid()}{secrets.token_hex(2)}"
-            runner.run(["ip", "netns", "add", ns])
-            try:
-                out = runner.output(["ip", "netns", "exec", ns, sys.executable,
-                                     os.path.abspath(__file__), "--inner", backend,
-                                     "--vms", str(vms)])
-            finally:
-                runner.run(["ip", "netns", "del", ns], check=False)
-            for key, value in json.loads(out).items():
-                samples.setdefault(key, []).append(value)
-        rows[backend] = {key: statistics.median(values) for key, values in samples.items()}
+    with tempfile.TemporaryDirectory() as tmp:
+        privileged = str(install_here(tmp))
+        for backend in backends:
+            rows[backend] = medians(runner, backend, vms, repeat, privileged)
     print_table(rows, vms, repeat)
+
+
+def medians(runner: Runner, backend: str, vms: int, repeat: int,
+            privileged: str) -> dict[str, float]:
+    """The median of each timing over ``repeat`` fresh namespaces."""
+    samples: dict[str, list[float]] = {}
+    for _ in range(repeat):
+        ns = f"vafbench{os.getpid()}{secrets.token_hex(2)}"
+        runner.run(["ip", "netns", "add", ns])
+        try:
+            out = runner.output(["ip", "netns", "exec", ns, sys.executable,
+                                 os.path.abspath(__file__), "--inner", backend,
+                                 "--vms", str(vms), "--privileged", privileged])
+        finally:
+            runner.run(["ip", "netns", "del", ns], check=False)
+        for key, value in json.loads(out).items():
+            samples.setdefault(key, []).append(value)
+    return {key: statistics.median(values) for key, values in samples.items()}
 
 
 def print_table(rows: dict[str, dict[str, float]], vms: int, repeat: int) -> None:
@@ -113,9 +124,10 @@ def main() -> None:
     parser.add_argument("--backend", choices=BACKENDS, action="append",
                         help="only this backend (repeatable; default: all)")
     parser.add_argument("--inner", choices=BACKENDS, help=argparse.SUPPRESS)
+    parser.add_argument("--privileged", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.inner:
-        print(json.dumps(inner(args.inner, args.vms)))
+        print(json.dumps(inner(args.inner, args.vms, args.privileged)))
     else:
         outer(args.vms, args.repeat, args.backend or list(BACKENDS))
 

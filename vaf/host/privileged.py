@@ -1,19 +1,23 @@
 """What ``vaf-privileged`` does as root: fixed verbs, one JSON request on stdin, checked here.
 
 The program (``share/privileged/vaf-privileged``, installed root-owned outside the remotes
-tree) is the only vaf code a sudoers rule lets run as root besides the LVM, dd and mkfs
-commands listed in ``share/sudoers/vaf``. Its contract:
+tree) is the only vaf code a sudoers rule lets run as root (``share/sudoers/vaf``). Its
+contract:
 
 * ``argv``: exactly one verb of :data:`VERBS`; nothing else (so each sudoers rule names the
   full command line, without wildcards);
-* stdin: one JSON object, validated field by field (:func:`vmids`, :func:`priority`);
-* paths (state and pid directories, /proc) come from its own root-owned conf, never from
-  the caller;
-* stdout: ``{"host": ..., "vms": [<one result per VM>]}``; exit 0, or 1 if a VM failed (the
-  others are still done and reported); bad input: one reason line on stderr, exit 2, nothing
-  done.
+* stdin: one JSON object, validated field by field (:func:`vmids`, :func:`priority`; the
+  isolation verbs in :mod:`vaf.host.netfilter_verbs`);
+* paths (state and pid directories, /proc, the firewall programs) come from its own
+  root-owned conf, never from the caller;
+* stdout: one JSON object, the verb's report with the ``host`` it ran on: CPU priority's
+  ``{"host": ..., "vms": [<one result per VM>]}``, exit 0, or 1 if a VM failed (the others
+  are still done and reported); isolation's ``{"host", "argv", "returncode", "stdout",
+  "stderr"}`` of the one command it ran, exit 0, or 1 if that command failed;
+* bad input: one reason line on stderr, exit 2, no report, nothing done.
 
-stdlib only: runs on hypervisors, with the host's /usr/bin/python3.
+oneadmin's end of the call is :mod:`vaf.host.privileged_call`. stdlib only: runs on
+hypervisors, with the host's /usr/bin/python3.
 """
 
 from __future__ import annotations
@@ -23,11 +27,12 @@ import socket
 import sys
 from collections.abc import Callable, Mapping, Sequence
 
-from vaf.config import load_config
+from vaf.config import DriverConfig, load_config
 from vaf.errors import ProtocolError, VafError
-from vaf.host import cpu
+from vaf.host import cpu, netfilter_verbs
 
-STDIN_LIMIT = 1024 * 1024
+#: the largest request: an isolation script of the largest size, quoted as JSON
+STDIN_LIMIT = 2 * netfilter_verbs.TEXT_LIMIT
 MAX_VMS = 10000
 
 
@@ -79,16 +84,27 @@ def cpu_status(request: Mapping[str, object], host: cpu.Host) -> list[dict]:
     return _each(ids, lambda vmid: cpu.status(vmid, host))
 
 
-VERBS: dict[str, Callable[[Mapping[str, object], cpu.Host], list[dict]]] = {
-    "cpu-apply": cpu_apply,
-    "cpu-release": cpu_release,
-    "cpu-status": cpu_status,
+def _per_vm(verb: Callable[[Mapping[str, object], cpu.Host], list[dict]]):
+    """A CPU verb: the per-VM results as the report, exit 1 if a VM failed."""
+    def serve(request: Mapping[str, object], conf: DriverConfig) -> tuple[dict, int]:
+        results = verb(request, host_of(conf))
+        return {"vms": results}, 1 if any(r["status"] == "error" for r in results) else 0
+
+    return serve
+
+
+#: verb -> (request, the program's conf) -> (report, exit code)
+VERBS: dict[str, Callable[[Mapping[str, object], DriverConfig], tuple[dict, int]]] = {
+    "cpu-apply": _per_vm(cpu_apply),
+    "cpu-release": _per_vm(cpu_release),
+    "cpu-status": _per_vm(cpu_status),
+    **netfilter_verbs.VERBS,
 }
 
 
-def host_of(conf_path: str) -> cpu.Host:
+def host_of(conf: DriverConfig) -> cpu.Host:
     """The paths to act on, from the program's own conf (the environment is ignored)."""
-    conf, defaults = load_config(conf_path, environ={}), cpu.Host()
+    defaults = cpu.Host()
     return cpu.Host(state_dir=conf.str("STATE_DIR", defaults.state_dir),
                     pid_dir=conf.str("PID_DIR", defaults.pid_dir),
                     proc=conf.str("PROC", defaults.proc))
@@ -112,10 +128,10 @@ def main(argv: Sequence[str], conf_path: str, stdin=None) -> int:
         if len(argv) != 1 or argv[0] not in VERBS:
             raise ProtocolError(f"usage: vaf-privileged {'|'.join(VERBS)} < request.json")
         request = read_request(stdin or sys.stdin)
-        results = VERBS[argv[0]](request, host_of(conf_path))
+        report, code = VERBS[argv[0]](request, load_config(conf_path, environ={}))
     except VafError as err:
         print(err.reason, file=sys.stderr)
         return 2
-    json.dump({"host": socket.gethostname(), "vms": results}, sys.stdout, sort_keys=True)
+    json.dump({"host": socket.gethostname(), **report}, sys.stdout, sort_keys=True)
     sys.stdout.write("\n")
-    return 1 if any(r["status"] == "error" for r in results) else 0
+    return code
