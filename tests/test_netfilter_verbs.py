@@ -14,13 +14,14 @@ import io
 import json
 import os
 import shutil
+from pathlib import Path
 
 import pytest
 
 from vaf.config import DriverConfig
 from vaf.errors import ConfigError, DriverError, ProtocolError
+from vaf.host import cpu_verbs, privileged
 from vaf.host import netfilter_verbs as nv
-from vaf.host import privileged
 from vaf.host.netfilter_verbs import TEXT_LIMIT, Firewall
 from vaf.host.runner import CommandError, CommandNotFound, Runner
 from vaf.lab.host_install import install_here
@@ -28,6 +29,7 @@ from vaf.lab.host_install import install_here
 COMMANDS = {"EBTABLES": "/usr/sbin/ebtables", "EBTABLES_RESTORE": "/usr/sbin/ebtables-restore",
             "NFT": "/usr/sbin/nft"}
 EBT = ["/usr/sbin/ebtables", "--concurrent", "-t", "filter"]
+REPO = Path(__file__).resolve().parents[1]
 LONGEST_TAP = "one-99999-9999"  # 15 characters is the kernel's limit (IFNAMSIZ - 1)
 
 
@@ -243,3 +245,14 @@ def test_a_refused_request_fails_with_the_programs_reason(program):
     assert "vaf-privileged isolation-ebtables-delete on " in failed.value.reason
     assert failed.value.reason.endswith("failed: chain must be 1 to 31 letters, digits, '_' or "
                                         "'-' (not first), got '-Z'")
+
+
+def test_the_firewall_verbs_load_no_more_than_they_need():
+    """The backends call vaf-privileged several times per VM: its start-up is their cost
+    (bench/isolation_bench.py). CPU's module and dataclasses (inspect, ast) stay unloaded."""
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); from vaf.host import privileged; "
+            "print(' '.join(sorted(m for m in ('vaf.host.cpu', 'vaf.host.cpu_verbs', "
+            "'dataclasses', 'inspect') if m in sys.modules)))")
+    loaded = Runner().output(["/usr/bin/python3", "-IS", "-c", code, str(REPO)])
+    assert loaded == ""
+    assert tuple(cpu_verbs.VERBS) == privileged.CPU_VERBS

@@ -4,7 +4,7 @@ The admin command (:mod:`vaf.drivers.cpu_cli`) reaches every host through
 :mod:`vaf.one.remote`; the after-deploy step (:mod:`vaf.drivers.cpu`) already runs on the host
 and calls :func:`run_privileged` directly. Either way the work is done as root by the one
 privileged entry point, ``sudo -n /usr/lib/vaf/vaf-privileged cpu-<verb>``, with the request on
-stdin (:mod:`vaf.host.privileged` checks it); this module runs as oneadmin and prints that
+stdin (:mod:`vaf.host.cpu_verbs` checks it); this module runs as oneadmin and prints that
 program's JSON report on stdout. stdlib only: runs on hypervisors.
 """
 

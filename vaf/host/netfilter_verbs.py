@@ -34,7 +34,6 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 
 from vaf.config import DriverConfig
 from vaf.errors import ConfigError, DriverError, ProtocolError
@@ -190,15 +189,21 @@ VERBS = {verb: _serve(build) for verb, build in BUILDERS.items()}
 
 # -- oneadmin's end -------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
 class Firewall:
     """Isolation's commands that need root, each one verb of ``program`` where ``runner``
     points (``sudo -n`` unless already root, as the runner decides). Each call returns the
     command's :class:`Result`; with ``check``, a failed command raises its
-    :class:`~vaf.host.runner.CommandError`, as ``runner.run`` would have."""
+    :class:`~vaf.host.runner.CommandError`, as ``runner.run`` would have. A plain class, as
+    :class:`vaf.config.DriverConfig`: vaf-privileged imports this module on every call."""
 
-    runner: Runner
-    program: str = privileged_call.DEFAULT_PROGRAM
+    __slots__ = ("runner", "program")
+
+    def __init__(self, runner: Runner, program: str = privileged_call.DEFAULT_PROGRAM):
+        self.runner = runner
+        self.program = program
+
+    def __repr__(self) -> str:
+        return f"Firewall({self.runner!r}, {self.program!r})"
 
     def ebtables_list(self, chain: str | None = None, counters: bool = False,
                       check: bool = True) -> Result:
