@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """Isolation cost of the 1st VM versus the 100th (99 VMs already isolated), per backend.
 
-Not a test: prints a table of medians and the ratio 100th / 1st (goal: at most 1.5).
+Not a test: prints a table of medians and the ratio 100th / 1st (goal: at most 1.5), and
+what one firewall command costs through vaf-privileged against the same command run
+directly (the listing apply reads first), both measured in the same namespace.
 Each repetition runs in a fresh network namespace (root needed), through the same code the
 hook and the VNM driver run (policy from the VM XML, host lock, one batch or transaction),
 every firewall command through vaf-privileged as ``install.sh host`` lays it out (run
@@ -22,11 +24,14 @@ import statistics
 import sys
 import tempfile
 import time
+from functools import partial
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from vaf.config import DriverConfig  # noqa: E402
 from vaf.drivers.isolation import Isolation, Settings  # noqa: E402
+from vaf.host.netfilter_verbs import Firewall  # noqa: E402
+from vaf.host.nft import DIGESTS, TABLE  # noqa: E402
 from vaf.host.runner import Runner  # noqa: E402
 from vaf.lab.host_install import install_here  # noqa: E402
 from vaf.one.log import DriverLog  # noqa: E402
@@ -74,7 +79,27 @@ def inner(backend: str, count: int, privileged: str) -> dict[str, float]:
         last = vm(count - 1)
         result["apply_nth"] = timed(isolation.apply, last)
         result["clean_nth"] = timed(isolation.clean, last)
+        result.update(one_command(backend, Firewall(Runner(), privileged)))
         return result
+
+
+def one_command(backend: str, firewall: Firewall, times: int = 10) -> dict[str, float]:
+    """Median seconds of the first listing apply makes: through vaf-privileged, and the
+    same command run directly (what sudo ran before the verbs)."""
+    listing = (partial(firewall.nft_list, TABLE, DIGESTS, as_json=True) if backend == "nft"
+               else partial(firewall.ebtables_list, "FORWARD"))
+    argv = list(listing().argv)
+
+    def median(call) -> float:
+        samples = []
+        for _ in range(times):
+            started = time.perf_counter()
+            call()
+            samples.append(time.perf_counter() - started)
+        return statistics.median(samples)
+
+    return {"command_direct": median(lambda: Runner().run(argv)),
+            "command_privileged": median(listing)}
 
 
 def outer(vms: int, repeat: int, backends: list[str]) -> None:
@@ -115,6 +140,11 @@ def print_table(rows: dict[str, dict[str, float]], vms: int, repeat: int) -> Non
             ratio = nth / first
             verdict = "ok" if ratio <= 1.5 else "OVER"
             print(f"{backend:<10}{op:<7}{first:>9.1f}{nth:>9.1f}{ratio:>8.2f}  {verdict}")
+    print("one firewall command (apply's first listing), milliseconds")
+    print(f"{'backend':<10}{'direct':>9}{'verb':>9}{'ratio':>8}")
+    for backend, row in rows.items():
+        direct, verb = row["command_direct"] * 1000, row["command_privileged"] * 1000
+        print(f"{backend:<10}{direct:>9.1f}{verb:>9.1f}{verb / direct:>8.2f}")
 
 
 def main() -> None:
