@@ -230,6 +230,15 @@ def test_a_missing_firewall_program_is_named(tmp_path):
     assert failed.value.reason == "no-nft is not installed (command not found)"
 
 
+def test_a_firewall_program_that_cannot_run_is_named(tmp_path):
+    plain = tmp_path / "ebtables"
+    plain.write_text("not a program\n")  # mode 0644: exec refused
+    installed = install_here(tmp_path, {"EBTABLES": str(plain)})
+    with pytest.raises(CommandError) as failed:
+        Firewall(Runner(sudo_prefix=()), str(installed)).ebtables_list("VAF")
+    assert failed.value.reason == f"ebtables failed: {plain}: Permission denied"
+
+
 def test_a_host_without_the_install_is_told_to_run_install_host(tmp_path):
     absent = tmp_path / "usr/lib/vaf/vaf-privileged"
     with pytest.raises(DriverError) as failed:
