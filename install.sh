@@ -583,7 +583,7 @@ install_sudoers() {
     [ -f "$file" ] || continue
     if [ -z "$ROOT" ] && ! visudo -cqf "$file" >/dev/null 2>&1; then
       visudo -cf "$file" >&2 || true
-      die "$file does not pass visudo -c on this sudo ($(sudo -V | head -n1)): nothing installed; vaf's rules need sudo 1.9.10 or later"
+      die "$file does not pass visudo -c on this sudo ($(sudo -V | head -n1)): nothing installed"
     fi
     put_file "$file" "/etc/sudoers.d/$(basename "$file")" 440 root:root
   done

@@ -6,6 +6,7 @@ import os
 import pytest
 
 from vaf.lab import oned
+from vaf.lab.host_install import install_here
 from vaf.lab.oned_logs import OnedLogs
 from vaf.lab.testbed import Testbed
 
@@ -46,3 +47,11 @@ def oned_logs(tmp_path):
     logs = OnedLogs(tmp_path / "oned-log")
     yield logs
     logs.close()
+
+
+@pytest.fixture(scope="session")
+def privileged_program(tmp_path_factory):
+    """vaf-privileged, its conf (the default programs) and its package copy, laid out on this
+    machine as ``install.sh host`` lays them out; its path. Drivers under test that run as
+    root reach root's commands through it, as on a host (the runner just needs no sudo)."""
+    return install_here(tmp_path_factory.mktemp("host-install"))

@@ -40,11 +40,12 @@ def test_post_d_with_a_non_ascii_class_gives_a_clean_reason(remotes, hypervisor,
 
 @pytest.fixture
 def broken_nft(isolation_remotes):  # noqa: F811
-    """The nft backend with a table name nft refuses: a real nft failure, with its stderr."""
+    """The nft backend with a table name nft refuses (a number, where nft expects a
+    string; vaf-privileged lets it through): a real nft failure, with its stderr."""
     if isolation_remotes.backend != "nft":
         pytest.skip("an nft failure")
     conf = isolation_remotes.root / "etc" / "vnm" / "vaf_isolation" / "vaf_isolation.conf"
-    conf.write_text(conf.read_text() + 'NFT_TABLE="vaf isolation"\n')
+    conf.write_text(conf.read_text() + "NFT_TABLE=123\n")
     return isolation_remotes
 
 
@@ -60,7 +61,7 @@ def test_vnm_failure_reason_is_short_and_the_details_reach_the_admin(broken_nft,
     assert "ERROR" not in run.reason and "command on" not in run.reason  # no detail glued in
     details = [text for text in (vm_log(run, 11) if oned_runtime == "7.0"
                                  else oned_logs.syslog.texts())
-               if "vaf_isolation/post: command: nft -f - (exit code 1)" in text]
+               if "vaf_isolation/post: command: /usr/sbin/nft -f - (exit code 1)" in text]
     assert details, "\n".join(run.logs + oned_logs.syslog.texts())
     if oned_runtime == "6.10":
         assert all(text.startswith("[VM 11][vaf_isolation/post][E]: ")

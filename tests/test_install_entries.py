@@ -66,14 +66,15 @@ def test_default_program(tmp_path, monkeypatch, beside, on_path, expected):
                      "python": [sys.executable, "-m", "vaf.gate"]}[expected]
 
 
-def test_sweep_of_the_network_driver_form_uses_its_backend(lab, tmp_path):  # noqa: F811
+def test_sweep_of_the_network_driver_form_uses_its_backend(lab, privileged_program,  # noqa: F811
+                                                          tmp_path):
     """The VNM conf says nft, the hook's conf ebtables: `vaf-isolation-sweep vaf_isolation`
     (the cron line install.sh writes for that form) removes the nft rules of a vanished tap;
     without the argument the ebtables backend would find nothing to sweep."""
     missing = lab.missing_kernel_support("nft")
     if missing:
         pytest.skip(missing)
-    remotes = Remotes.build(tmp_path, lab, "nft")
+    remotes = Remotes.build(tmp_path, lab, "nft", privileged_program)
     (tmp_path / "etc/hooks/ebtables/ebtables.conf").write_text("BACKEND=ebtables\n")
     for machine in (A1, A2, B1):
         result = remotes.execute("vnm/vaf_isolation/post", [f"one-{machine.vmid}", "node1"],

@@ -165,6 +165,13 @@ def test_host_gets_exactly_vafs_sudo_rules_and_privileged_entry(guest):
         assert "password is required" in sudo("/usr/lib/vaf/vaf-privileged", "lvmsnap-x").stderr
         status = sudo("/usr/lib/vaf/vaf-privileged", "cpu-status", stdin='{"vmids": []}')
         assert "password is required" not in status.stderr and "Traceback" not in status.stderr
+        # isolation's firewall commands: through their verbs only, on this guest's sudo too
+        listed = sudo("/usr/lib/vaf/vaf-privileged", "isolation-ebtables-list",
+                      stdin='{"chain": "FORWARD"}')
+        assert listed.returncode == 0, listed.stderr
+        assert json.loads(listed.stdout)["stdout"].startswith("Bridge table: filter")
+        assert "password is required" in sudo("/usr/sbin/ebtables", "--concurrent", "-t",
+                                               "filter", "-L").stderr
         assert guest.ssh(["stat", "-c", "%U %a", "/usr/lib/vaf/lib/vaf/host/privileged.py",
                           "/var/lock/vaf-lvmsnap"]).stdout == "root 644\noneadmin 755\n"
         with guest.loop_vg("vg-one-7", 64):

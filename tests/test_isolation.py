@@ -89,15 +89,18 @@ def machine_xml(machine: Machine, vn_mad: str = "bridge") -> str:
 
 @dataclass
 class Remotes:
-    """A remotes tree like /var/tmp/one on a hypervisor, with the repo's launcher."""
+    """A remotes tree like /var/tmp/one on a hypervisor, with the repo's launcher; its
+    drivers reach root through ``privileged`` (vaf-privileged as ``install.sh host`` lays
+    it out: the tests run as root, so the runner runs it without sudo)."""
 
     root: Path
     lab: Lab
     backend: str
     ebtables: str = "ebtables"  # the flavour whose tables ruleset() lists
+    as_user: tuple[str, ...] = ()  # the prefix that runs the drivers as oneadmin, if any
 
     @classmethod
-    def build(cls, root: Path, lab: Lab, backend: str) -> Remotes:
+    def build(cls, root: Path, lab: Lab, backend: str, privileged: Path) -> Remotes:
         (root / "vaf").symlink_to(REPO / "remotes" / "vaf")
         for kind, driver, names in (("hooks", "ebtables", ["vaf-isolation",
                                                            "vaf-isolation-sweep"]),
@@ -108,7 +111,7 @@ class Remotes:
             conf = root / "etc" / kind / driver / f"{driver}.conf"
             conf.parent.mkdir(parents=True)
             conf.write_text(f"BACKEND={backend}\nVN_MADS=bridge vaf_isolation\n"
-                            f"ALLOWED_EXTRA_MACS={SVC.mac}\n")
+                            f"ALLOWED_EXTRA_MACS={SVC.mac}\nPRIVILEGED={privileged}\n")
         return cls(root, lab, backend)
 
     def configure(self, **values: str) -> None:
@@ -120,7 +123,7 @@ class Remotes:
 
     def execute(self, relative: str, args: list[str], stdin: str | None = None,
                 env: tuple[str, ...] = ()) -> Result:
-        argv = ["env", *env, str(self.root / relative), *args]
+        argv = [*self.as_user, "env", *env, str(self.root / relative), *args]
         return self.lab.run(self.lab.host, argv, check=False, input=stdin)
 
     def hook(self, xml: str, mode: str, **kwargs) -> Result:
@@ -170,11 +173,11 @@ def lab():
 
 
 @pytest.fixture(params=BACKENDS)
-def remotes(request, tmp_path, lab, oned_runtime, oned_logs) -> Remotes:
+def remotes(request, tmp_path, lab, privileged_program, oned_runtime, oned_logs) -> Remotes:
     missing = lab.missing_kernel_support(request.param)
     if missing:
         pytest.skip(missing)
-    built = Remotes.build(tmp_path, lab, request.param)
+    built = Remotes.build(tmp_path, lab, request.param, privileged_program)
     oned.write_version_file(built.root)  # each test runs under both runtimes (conftest.py)
     oned_logs.configure(built.root, front_end=False)
     return built
@@ -341,14 +344,16 @@ def test_reapplying_an_unchanged_rule_set_keeps_the_counters(lab, remotes):
     assert remotes.ruleset() == before
 
 
-def test_removing_an_extra_mac_removes_it_after_a_remotes_sync(lab, remotes, tmp_path_factory):
+def test_removing_an_extra_mac_removes_it_after_a_remotes_sync(lab, remotes, privileged_program,
+                                                              tmp_path_factory):
     """onehost sync --delete replaces the remotes tree: vaf keeps nothing there, and a
     revoked extra MAC is gone whatever happened before."""
     files_before = sorted(str(path) for path in remotes.root.rglob("*"))
     remotes.isolate(A1)
     assert lab.ping(A1.name, SVC.ip)
     assert sorted(str(path) for path in remotes.root.rglob("*")) == files_before
-    synced = Remotes.build(tmp_path_factory.mktemp("synced"), lab, remotes.backend)
+    synced = Remotes.build(tmp_path_factory.mktemp("synced"), lab, remotes.backend,
+                           privileged_program)
     without = vm_xml(A1.vmid, [nic_xml(0, A1.mac, A1.tap, A1.ip)])
     assert synced.hook(without, "apply").returncode == 0
     assert reachability(lab, [(A1, SVC), (SVC, A1), (A1, A2)]) == {

@@ -372,6 +372,13 @@ def test_policy_uses_configured_ranges_of_its_network():
     ({"TAGGED_NETWORKS": "x", "BACKEND": "nft"}, "expected virtual network ids"),
     ({"ALLOWED_EXTRA_MACS": "02:00"}, "is not a MAC address"),
     ({"NETWORK_EXTRA_MACS_x": "02:00:0a:00:09:09"}, "expected NETWORK_EXTRA_MACS_"),
+    # an older conf's programs: ignoring EBTABLES=ebtables-legacy would leave VMs unfiltered
+    ({"EBTABLES": "ebtables-legacy", "EBTABLES_RESTORE": "ebtables-legacy-restore"},
+     "^EBTABLES, EBTABLES_RESTORE in .*: the firewall commands are set in the host's "
+     "/usr/lib/vaf/privileged.conf now"),
+    ({"NFT": "/usr/sbin/nft", "BACKEND": "nft"}, "^NFT in "),
+    ({"NFT_TABLE": "vaf isolation"}, "NFT_TABLE in .* must be 1 to 64 letters, digits or '_'"),
+    ({"NFT_TABLE": "t;flush ruleset"}, "NFT_TABLE in "),
 ])
 def test_bad_conf(values, message):
     with pytest.raises(ConfigError, match=message):

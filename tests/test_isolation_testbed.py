@@ -1,9 +1,12 @@
-"""The ebtables backend with ``ebtables-legacy``, on the test hypervisor.
+"""The ebtables backend with ``ebtables-legacy``, on the test hypervisor, as oneadmin.
 
 This machine's kernel lacks the legacy ebtables tables, the test hypervisor's guest has both
 flavours. The same lab as ``test_isolation.py`` (namespaces on a bridge) is built in the guest
-over ssh; the hook runs from a remotes copy with the guest's own python3, which has no lxml,
-so the stdlib XML parser is exercised for real too.
+over ssh; the hook runs as oneadmin from a remotes copy with the guest's own python3, which
+has no lxml, so the stdlib XML parser is exercised for real too. The host part is installed
+as ``install.sh host`` installs it (vaf-privileged, its conf naming ebtables-legacy, the
+sudoers file) and oneadmin's blanket sudo is taken away: every firewall command reaches root
+through the shipped sudoers rules, which hold no wildcard and no regular expression.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from test_isolation import (
 )
 
 from vaf.host.runner import Runner
+from vaf.lab.host_install import install_host, sudo_limited_to_vaf
 from vaf.lab.netns import Lab
 from vaf.lab.testbed import HOST_ALIAS
 
@@ -32,8 +36,11 @@ pytestmark = [pytest.mark.testbed, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[1]
 DEST = "/var/tmp/vaf-isolation-test"
-LEGACY_CONF = ("BACKEND=ebtables\nEBTABLES=ebtables-legacy\n"
-               f"EBTABLES_RESTORE=ebtables-legacy-restore\nALLOWED_EXTRA_MACS={SVC.mac}\n")
+CONF = f"BACKEND=ebtables\nALLOWED_EXTRA_MACS={SVC.mac}\n"
+#: vaf-privileged's conf picks the flavour (the driver's conf cannot: oneadmin writes it)
+LEGACY = {"EBTABLES": "/usr/sbin/ebtables-legacy",
+          "EBTABLES_RESTORE": "/usr/sbin/ebtables-legacy-restore"}
+AS_ONEADMIN = ("runuser", "-u", "oneadmin", "--")
 
 
 def stage_remotes(stage: Path) -> None:
@@ -46,13 +53,14 @@ def stage_remotes(stage: Path) -> None:
         (stage / "hooks" / "ebtables" / name).symlink_to("../../vaf/dispatch")
     conf = stage / "etc" / "hooks" / "ebtables" / "ebtables.conf"
     conf.parent.mkdir(parents=True)
-    conf.write_text(LEGACY_CONF)
+    conf.write_text(CONF)
 
 
 @pytest.fixture
 def legacy(testbed, tmp_path) -> Remotes:
     stage_remotes(tmp_path / "stage")
     testbed.sync_remotes(tmp_path / "stage", DEST)
+    install_host(testbed, LEGACY)
     runner = Runner(host=HOST_ALIAS, ssh=("ssh", "-F", testbed.ssh_config, "-l", "root"),
                     sudo_prefix=())
     lab = Lab(runner=runner)
@@ -60,13 +68,18 @@ def legacy(testbed, tmp_path) -> Remotes:
         lab.start()
         for machine in (*VMS, SVC):
             lab.add_machine(machine.name, machine.tap, machine.mac, f"{machine.ip}/16")
-        yield Remotes(PurePosixPath(DEST), lab, "ebtables", ebtables="ebtables-legacy")
+        with sudo_limited_to_vaf(testbed):  # oneadmin may run exactly share/sudoers/vaf
+            yield Remotes(PurePosixPath(DEST), lab, "ebtables", ebtables="ebtables-legacy",
+                          as_user=AS_ONEADMIN)
     finally:
         lab.close()
 
 
 def test_isolation_with_ebtables_legacy(legacy):
     lab = legacy.lab
+    direct = lab.run(lab.host, [*AS_ONEADMIN, "sudo", "-n", LEGACY["EBTABLES"], "-L"],
+                     check=False)
+    assert direct.returncode != 0 and "password is required" in direct.stderr  # no such rule
     legacy.isolate(*VMS)
     before = legacy.ruleset()
     legacy.isolate(A1)  # twice: nothing changes, not even the counters

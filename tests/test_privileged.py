@@ -1,14 +1,16 @@
 """The sudoers file names exactly the command lines the drivers build, and nothing more.
 
 ``share/sudoers/vaf`` is checked twice: by ``visudo`` (sudo's own parser, so the file installs)
-and here, rule by rule, against argv from the real builders (the privileged entry point's
-verbs, ebtables, nft). A rule is either a fixed command line (lvmsnap, CPU priority: the same
-on every sudo version) or, for isolation, a POSIX extended regular expression over the
-arguments (``^...$``, sudo 1.9.10+); the subset the file uses reads the same in Python's ``re``.
+and here, rule by rule, against argv from the real builders (lvmsnap's, CPU priority's and
+isolation's calls of the privileged entry point). Every rule is one fixed command line, the
+program's installed path and one verb: no wildcard and no regular expression, so the file
+means the same on every sudo (regular expressions need sudo 1.9.10, which Debian 11, Ubuntu
+22.04 and RHEL 9 do not ship).
 """
 
 from __future__ import annotations
 
+import inspect
 import os
 import re
 import shutil
@@ -17,9 +19,15 @@ from pathlib import Path
 
 import pytest
 
+from vaf.drivers import cpu_host
 from vaf.drivers.lvmsnap import host as lvmsnap_host
 from vaf.drivers.lvmsnap import settings
+from vaf.host import netfilter_verbs, privileged
 from vaf.host.ebtables import DISPATCH, in_chain
+from vaf.host.netfilter_verbs import Firewall
+from vaf.host.nft import DIGESTS, TABLE
+from vaf.host.privileged_call import DEFAULT_PROGRAM
+from vaf.host.runner import Runner
 
 REPO = Path(__file__).resolve().parent.parent
 SUDOERS = REPO / "share" / "sudoers" / "vaf"
@@ -42,19 +50,14 @@ def aliases() -> dict[str, list[tuple[str, str]]]:
     return found
 
 
-def rules() -> dict[str, list]:
-    """{program name: [fixed argument string or compiled regex, ...]}."""
-    found: dict[str, list] = {}
+def rules() -> set[tuple[str, str]]:
+    """Every (program path, argument string) the file allows: fixed lines only."""
+    found = set()
     for commands in aliases().values():
         for path, args in commands:
-            assert "#" not in args and args, f"not an exact rule: {path} {args}"
-            if args.startswith("^"):
-                assert args.endswith("$"), f"not an exact rule: {path} {args}"
-                rule = re.compile(args)
-            else:
-                assert not set(args) & set("*?[]\\^$"), f"a wildcard: {path} {args}"
-                rule = args
-            found.setdefault(os.path.basename(path), []).append(rule)
+            assert args and not set(path + args) & set("#*?[]\\^$!"), \
+                f"not one fixed command line: {path} {args}"
+            found.add((path, args))
     return found
 
 
@@ -62,9 +65,7 @@ RULES = rules()
 
 
 def allowed(argv: list[str]) -> bool:
-    line = " ".join(argv[1:])
-    return any(rule == line if isinstance(rule, str) else rule.fullmatch(line)
-               for rule in RULES.get(argv[0], []))
+    return (argv[0], " ".join(argv[1:])) in RULES
 
 
 class _Stop(Exception):
@@ -75,22 +76,40 @@ def privileged_argv(command: str) -> list[str]:
     """The argv the front-end's ssh call runs, without ``sudo -n`` (as sudo matches it)."""
     program = settings.BY_KEY["PRIVILEGED"].default
     assert program[:2] == ("sudo", "-n")
-    return [os.path.basename(program[2]), command]
+    return [program[2], command]
 
+
+def firewall_argv(call) -> list[str]:
+    """The argv ``call(Firewall)`` has the runner run (without sudo, as sudo matches it):
+    the real client, stopped before anything runs."""
+    seen = []
+
+    def stop(host, argv):
+        seen.append(list(argv))
+        raise _Stop
+
+    with pytest.raises(_Stop):
+        call(Firewall(Runner().observed_by(stop)))
+    return seen[0]
+
+
+#: every method of the backends' client, as they call it
+FIREWALL_CALLS = {
+    "ebtables_list": [lambda f: f.ebtables_list(), lambda f: f.ebtables_list(DISPATCH),
+                      lambda f: f.ebtables_list(in_chain("one-7-0"), check=False),
+                      lambda f: f.ebtables_list(counters=True)],
+    "ebtables_delete": [lambda f: f.ebtables_delete(in_chain("one-7-0"), check=False)],
+    "ebtables_restore": [lambda f: f.ebtables_restore("*filter\n-F VAF\n")],
+    "nft_apply": [lambda f: f.nft_apply("flush set bridge vaf_isolation ports\n")],
+    "nft_list": [lambda f: f.nft_list(TABLE, as_json=True, check=False),
+                 lambda f: f.nft_list(TABLE, DIGESTS, as_json=True, check=False),
+                 lambda f: f.nft_list(TABLE, check=False)],
+}
 
 BUILT = [
     *(privileged_argv(f"lvmsnap-{action}") for action in sorted(lvmsnap_host.COMMANDS)),
-    ["ebtables", "--concurrent", "-t", "filter", "-L"],
-    ["ebtables", "--concurrent", "-t", "filter", "-L", DISPATCH],
-    ["ebtables", "--concurrent", "-t", "filter", "-L", in_chain("one-7-0")],
-    ["ebtables", "--concurrent", "-t", "filter", "-X", in_chain("one-7-0")],
-    ["ebtables-restore", "--noflush"],
-    ["nft", "-f", "-"],
-    ["nft", "-j", "list", "table", "bridge", "vaf_isolation"],
-    ["nft", "list", "table", "bridge", "vaf_isolation"],
-    ["vaf-privileged", "cpu-apply"],
-    ["vaf-privileged", "cpu-release"],
-    ["vaf-privileged", "cpu-status"],
+    *(firewall_argv(call) for calls in FIREWALL_CALLS.values() for call in calls),
+    *([cpu_host.DEFAULT_PRIVILEGED, f"cpu-{verb}"] for verb in cpu_host.VERBS),
 ]
 
 
@@ -99,24 +118,46 @@ def test_every_command_line_the_drivers_build_is_allowed(argv):
     assert allowed(argv), " ".join(argv)
 
 
+def test_every_method_of_the_firewall_client_is_checked_and_has_a_verb():
+    methods = {name for name, _ in inspect.getmembers(Firewall, inspect.isfunction)
+               if not name.startswith("_")}
+    assert methods == set(FIREWALL_CALLS)
+    verbs = {firewall_argv(call)[1] for calls in FIREWALL_CALLS.values() for call in calls}
+    assert verbs == set(netfilter_verbs.BUILDERS) <= set(privileged.VERBS)
+    assert {args for _, args in aliases()["VAF_ISOLATION"]} == verbs
+
+
 HOSTILE = [
     # LVM, dd and mkfs are no longer sudo'ed: only the privileged entry point runs them
-    ["lvremove", "-f", f"{VG}/lv-one-7-0"],
-    ["lvcreate", "--yes", "-n", "x", "-L", "8m", "--wipesignatures", "y", "-Z", "y", VG],
-    ["dd", f"if={IMAGE}", f"of={DEVICE}", "bs=4M", "status=progress", "oflag=direct",
+    ["/usr/sbin/lvremove", "-f", f"{VG}/lv-one-7-0"],
+    ["/usr/sbin/lvcreate", "--yes", "-n", "x", "-L", "8m", "--wipesignatures", "y", "-Z", "y",
+     VG],
+    ["/usr/bin/dd", f"if={IMAGE}", f"of={DEVICE}", "bs=4M", "status=progress", "oflag=direct",
      "conv=fsync"],
-    ["mkfs.xfs", "-f", "-q", DEVICE],
-    ["blockdev", "--getsize64", DEVICE],
-    ["vaf-privileged", "lvmsnap-clone", "--conf=/tmp/x"],  # no argument beyond the verb
-    ["vaf-privileged", "lvmsnap-clone", "{}"],
-    ["vaf-privileged", "lvmsnap-"],
-    ["vaf-privileged", "lvmsnap-clone lvmsnap-delete"],
-    ["nft", "-f", "/etc/shadow"],
-    ["nft", "flush", "ruleset"],
-    ["ebtables", "--concurrent", "-t", "filter", "-F"],
-    ["vaf-privileged", "cpu-apply", "--state-dir=/etc"],
-    ["vaf-privileged"],
-    ["python3", "/var/tmp/one/vaf/lib/vaf/host/privileged.py"],  # code oneadmin can write
+    ["/usr/sbin/mkfs.xfs", "-f", "-q", DEVICE],
+    ["/usr/sbin/blockdev", "--getsize64", DEVICE],
+    [DEFAULT_PROGRAM, "lvmsnap-clone", "--conf=/tmp/x"],  # no argument beyond the verb
+    [DEFAULT_PROGRAM, "lvmsnap-clone", "{}"],
+    [DEFAULT_PROGRAM, "lvmsnap-"],
+    [DEFAULT_PROGRAM, "lvmsnap-clone lvmsnap-delete"],
+    # isolation's firewall programs are no longer sudo'ed either: only their verbs are
+    ["/usr/sbin/ebtables", "--concurrent", "-t", "filter", "-L"],
+    ["/usr/sbin/ebtables", "--concurrent", "-t", "filter", "-L", "--init-table"],
+    ["/usr/sbin/ebtables", "--concurrent", "-t", "filter", "-F"],
+    ["/usr/sbin/ebtables-restore", "--noflush"],
+    ["/usr/sbin/ebtables-restore"],  # without --noflush: every table flushed
+    ["/usr/sbin/nft", "-f", "-"],
+    ["/usr/sbin/nft", "-f", "/etc/shadow"],
+    ["/usr/sbin/nft", "flush", "ruleset"],
+    ["/usr/sbin/nft", "list", "table", "bridge", "vaf_isolation;", "flush", "ruleset"],
+    [DEFAULT_PROGRAM, "isolation-nft-apply", "-"],
+    [DEFAULT_PROGRAM, "isolation-ebtables-delete", "FORWARD"],
+    [DEFAULT_PROGRAM, "isolation-ebtables-list", "--conf=/tmp/x"],
+    [DEFAULT_PROGRAM, "isolation-"],
+    [DEFAULT_PROGRAM, "cpu-apply", "--state-dir=/etc"],
+    [DEFAULT_PROGRAM],
+    ["/tmp/vaf-privileged", "cpu-apply"],  # another copy of the program
+    ["/usr/bin/python3", "/var/tmp/one/vaf/lib/vaf/host/privileged.py"],  # code oneadmin writes
 ]
 
 
@@ -141,15 +182,21 @@ def test_the_privileged_program_is_named_by_its_installed_path_only():
     assert "python" not in text and "/var/tmp/one" not in text
 
 
-def test_the_privileged_rules_are_fixed_command_lines_that_any_sudo_reads():
-    """Debian 11, Ubuntu 22.04 and RHEL 9 ship sudo < 1.9.10, which reads ^...$ literally."""
+def test_the_rules_are_fixed_command_lines_that_any_sudo_reads():
+    """Debian 11, Ubuntu 22.04 and RHEL 9 ship sudo < 1.9.10, which reads ^...$ literally:
+    every rule is the installed program and one verb it serves."""
     table = aliases()
-    for alias in ("VAF_LVMSNAP", "VAF_PRIVILEGED"):
-        for path, args in table[alias]:
-            assert path == "/usr/lib/vaf/vaf-privileged"
-            assert re.fullmatch(r"(lvmsnap|cpu)-[a-z]+", args), args
+    assert set(table) == {"VAF_LVMSNAP", "VAF_ISOLATION", "VAF_PRIVILEGED"}
+    for commands in table.values():
+        for path, args in commands:
+            assert path == DEFAULT_PROGRAM
+            assert re.fullmatch(r"(lvmsnap|cpu|isolation)(-[a-z]+)+", args), args
+            assert args.startswith("lvmsnap-") or args in privileged.VERBS, args
     verbs = {args for path, args in table["VAF_LVMSNAP"]}
     assert verbs == {f"lvmsnap-{action}" for action in lvmsnap_host.COMMANDS}
+    lines = [line for line in SUDOERS.read_text().splitlines()
+             if line.strip() and not line.lstrip().startswith("#")]
+    assert not set("".join(lines)) & set("*?[]^$!"), "a wildcard or a regular expression"
 
 
 def test_every_rule_is_documented():

@@ -12,7 +12,6 @@ import os
 import re
 import shlex
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from vaf.errors import ConfigError
@@ -25,10 +24,30 @@ _FALSE = {"no", "false", "off", "0", ""}
 ENVIRONMENT_KEYS = ("SSH", "SUDO")
 
 
-@dataclass(frozen=True)
 class DriverConfig:
-    values: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
-    source: str = "<defaults>"
+    """A conf file's values and where they came from; immutable.
+
+    A plain class, not a dataclass: vaf-privileged reads its conf on every call, and importing
+    dataclasses (which pulls in inspect and ast) was a third of that program's start-up.
+    """
+
+    __slots__ = ("values", "source")
+
+    def __init__(self, values: Mapping[str, str] | None = None, source: str = "<defaults>"):
+        object.__setattr__(self, "values", MappingProxyType({}) if values is None else values)
+        object.__setattr__(self, "source", source)
+
+    def __setattr__(self, name, value):
+        raise AttributeError(f"DriverConfig is immutable ({name})")
+
+    def __eq__(self, other: object) -> bool:
+        return (isinstance(other, DriverConfig)
+                and (self.values, self.source) == (other.values, other.source))
+
+    __hash__ = None  # type: ignore[assignment]  (values is a mapping)
+
+    def __repr__(self) -> str:
+        return f"DriverConfig(values={self.values!r}, source={self.source!r})"
 
     def _where(self, key: str) -> str:
         return f"{key} in {self.source}"

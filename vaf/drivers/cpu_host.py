@@ -4,7 +4,7 @@ The admin command (:mod:`vaf.drivers.cpu_cli`) reaches every host through
 :mod:`vaf.one.remote`; the after-deploy step (:mod:`vaf.drivers.cpu`) already runs on the host
 and calls :func:`run_privileged` directly. Either way the work is done as root by the one
 privileged entry point, ``sudo -n /usr/lib/vaf/vaf-privileged cpu-<verb>``, with the request on
-stdin (:mod:`vaf.host.privileged` checks it); this module runs as oneadmin and prints that
+stdin (:mod:`vaf.host.cpu_verbs` checks it); this module runs as oneadmin and prints that
 program's JSON report on stdout. stdlib only: runs on hypervisors.
 """
 
@@ -15,38 +15,30 @@ import sys
 from collections.abc import Mapping, Sequence
 
 from vaf.errors import DriverError, ProtocolError
-from vaf.host.runner import Result, Runner
+from vaf.host import privileged_call
+from vaf.host.runner import Runner
 from vaf.one.log import DriverLog
 
-DEFAULT_PRIVILEGED = "/usr/lib/vaf/vaf-privileged"
+DEFAULT_PRIVILEGED = privileged_call.DEFAULT_PROGRAM
 VERBS = ("apply", "release", "status")
 
 
 def report_of(stdout: str) -> list[dict] | None:
-    """The per-VM results in the privileged program's JSON output, or None."""
-    try:
-        return json.loads(stdout)["vms"]
-    except (ValueError, KeyError, TypeError):
-        return None
-
-
-def host_results(result: Result, what: str = "vaf-privileged") -> list[dict]:
-    """The per-VM results printed; a :class:`DriverError` with the last stderr line if none."""
-    report = report_of(result.stdout)
-    if report is None:
-        lines = [line for line in result.stderr.splitlines() if line.strip()]
-        where = f" on {result.host}" if result.host else ""
-        detail = lines[-1] if lines else f"exit code {result.returncode}"
-        raise DriverError(f"{what}{where} failed: {detail}")
-    return report
+    """The per-VM results in the JSON report of ``vaf-privileged cpu-<verb>`` (or of
+    ``host-command cpu-<verb>``, which relays it), or None."""
+    report = privileged_call.report_of(stdout)
+    vms = report.get("vms") if report is not None else None
+    return vms if isinstance(vms, list) else None
 
 
 def run_privileged(privileged: str, sudo: Sequence[str], verb: str,
                    request: Mapping[str, object]) -> list[dict]:
     """``sudo -n <privileged> cpu-<verb>`` here, the request on stdin; the per-VM results."""
-    result = Runner(sudo_prefix=sudo).run([privileged, f"cpu-{verb}"], sudo=True, check=False,
-                                          input=json.dumps(request))
-    return host_results(result)
+    report = privileged_call.call(Runner(sudo_prefix=sudo), privileged, f"cpu-{verb}", request)
+    vms = report.get("vms")
+    if not isinstance(vms, list):
+        raise DriverError(f"{privileged} cpu-{verb} printed no per-VM results")
+    return vms
 
 
 def host_params(privileged: str, sudo: Sequence[str], request: Mapping[str, object]) -> dict:

@@ -38,7 +38,9 @@ from vaf.host.netfilter import (
     parse_macs,
     parse_ranges,
 )
+from vaf.host.netfilter_verbs import NAME_RE, Firewall
 from vaf.host.nft import NftBackend
+from vaf.host.privileged_call import DEFAULT_PROGRAM
 from vaf.host.runner import Runner
 from vaf.one.args import expect_args
 from vaf.one.dispatch import Invocation
@@ -53,6 +55,8 @@ NETWORK_EXTRA_PREFIX = "NETWORK_EXTRA_MACS_"
 BACKENDS = ("ebtables", "nft")
 #: vaf's lock, outside the remotes tree (``onehost sync`` mirrors that with --delete)
 LOCK_NAME = ".vaf-isolation.lock"
+#: keys of older confs: the programs run as root are named by vaf-privileged's own conf
+MOVED_TO_PRIVILEGED_CONF = ("EBTABLES", "EBTABLES_RESTORE", "NFT")
 
 
 def default_lock_file() -> str:
@@ -74,10 +78,9 @@ class Settings:
     trust_nic_extra_macs: bool = False
     tagged_networks: frozenset[int] = frozenset()  # networks meant to carry 802.1Q tags
     tap_names: TapNames = TapNames()
-    ebtables: str = "ebtables"
-    ebtables_restore: str = "ebtables-restore"
-    nft: str = "nft"
     nft_table: str = "vaf_isolation"
+    #: the one privileged entry point, which runs the firewall commands as root
+    privileged: str = DEFAULT_PROGRAM
 
     @classmethod
     def from_config(cls, config: DriverConfig) -> Settings:
@@ -92,19 +95,28 @@ class Settings:
             trust_nic_extra_macs=config.bool("TRUST_NIC_EXTRA_MACS", False),
             tagged_networks=frozenset(_network_ids(config, "TAGGED_NETWORKS")),
             tap_names=TapNames((DEFAULT_TAP_PATTERN, *config.list("TAP_PATTERNS"))),
-            ebtables=config.str("EBTABLES", "ebtables"),
-            ebtables_restore=config.str("EBTABLES_RESTORE", "ebtables-restore"),
-            nft=config.str("NFT", "nft"),
-            nft_table=config.str("NFT_TABLE", "vaf_isolation"))
+            nft_table=config.str("NFT_TABLE", "vaf_isolation"),
+            privileged=config.str("PRIVILEGED", DEFAULT_PROGRAM))
+        moved = [key for key in MOVED_TO_PRIVILEGED_CONF if key in config.values]
+        if moved:
+            # fail closed: ignoring EBTABLES=ebtables-legacy would write the other flavour's
+            # tables, and the VMs would run unfiltered
+            raise ConfigError(f"{', '.join(moved)} in {config.source}: the firewall commands "
+                              f"are set in the host's /usr/lib/vaf/privileged.conf now "
+                              f"(run as root by {DEFAULT_PROGRAM}); remove the line")
+        if not NAME_RE.fullmatch(settings.nft_table):
+            raise ConfigError(f"NFT_TABLE in {config.source} must be 1 to 64 letters, digits "
+                              f"or '_', got {settings.nft_table!r}")
         if settings.tagged_networks and settings.backend != "nft":
             raise ConfigError(f"TAGGED_NETWORKS in {config.source}: networks carrying 802.1Q "
                               "tags need BACKEND=nft (ebtables cannot check tagged ARP)")
         return settings
 
     def backend_for(self, runner: Runner) -> EbtablesBackend | NftBackend:
+        firewall = Firewall(runner, self.privileged)
         if self.backend == "nft":
-            return NftBackend(runner, self.nft, self.nft_table)
-        return EbtablesBackend(runner, self.ebtables, self.ebtables_restore)
+            return NftBackend(firewall, self.nft_table)
+        return EbtablesBackend(firewall)
 
 
 def _conf_macs(text: str, what: str) -> tuple[str, ...]:

@@ -1,7 +1,7 @@
 """CPU priority of a running KVM VM: nice of every qemu thread plus the cgroup CPU weight.
 
 Stdlib only: this runs on the hypervisor, as root, in the privileged entry point
-(``vaf-privileged cpu-<verb>``, :mod:`vaf.host.privileged`).
+(``vaf-privileged cpu-<verb>``, :mod:`vaf.host.cpu_verbs`).
 
 * A VM is found from its libvirt domain name ``one-<vmid>`` (:mod:`vaf.host.proc`).
 * Nice is set per thread: vCPUs are threads, and renicing the main PID misses them.

@@ -38,7 +38,8 @@ from vaf.host.netfilter import (
     format_mac,
     parse_mac,
 )
-from vaf.host.runner import CommandError, Runner
+from vaf.host.netfilter_verbs import Firewall
+from vaf.host.runner import CommandError, Result
 
 DISPATCH = "VAF"
 HOOKS = ("FORWARD", "INPUT")  # INPUT too: a spoofed ARP must not poison the host's cache
@@ -194,23 +195,23 @@ def parse_chains(listing: str) -> set[str]:
 
 @dataclass(frozen=True)
 class EbtablesBackend:
-    runner: Runner
-    ebtables: str = "ebtables"
-    restore: str = "ebtables-restore"
+    """The operations; every ebtables command runs as root through ``firewall`` (the
+    ``isolation-ebtables-*`` verbs of vaf-privileged, whose conf names the programs:
+    ebtables-nft or ebtables-legacy)."""
+
+    firewall: Firewall
 
     name = "ebtables"
 
-    def _ebtables(self, *args: str, check: bool = True):
-        # --concurrent: libvirt and others take the same lock before touching the tables
-        return self.runner.run([self.ebtables, "--concurrent", "-t", "filter", *args],
-                               sudo=True, check=check)
+    def _list(self, *chain: str, check: bool = False) -> Result:
+        return self.firewall.ebtables_list(*chain, check=check)
 
     def _restore(self, text: str) -> None:
-        self.runner.run([self.restore, "--noflush"], sudo=True, input=text)
+        self.firewall.ebtables_restore(text)
 
     def isolated_taps(self) -> set[str] | None:
         """Taps with rules, or ``None`` if vaf never set up this host's table."""
-        listing = self._ebtables("-L", DISPATCH, check=False)
+        listing = self._list(DISPATCH)
         if listing.returncode != 0:
             return None
         return parse_dispatch(listing.stdout)
@@ -224,7 +225,7 @@ class EbtablesBackend:
         removes the jumps and empties the chains in one batch. An existing but empty chain
         is what a clean interrupted before its second batch leaves.
         """
-        listing = self._ebtables("-L", out_chain(policy.tap), check=False)
+        listing = self._list(out_chain(policy.tap))
         if listing.returncode != 0:
             return "absent"
         if not chain_entries(listing.stdout):
@@ -233,11 +234,11 @@ class EbtablesBackend:
         return "current" if current else "present"
 
     def has_rules(self, tap: str) -> bool:
-        listing = self._ebtables("-L", out_chain(tap), check=False)
+        listing = self._list(out_chain(tap))
         return listing.returncode == 0 and bool(chain_entries(listing.stdout))
 
     def _hooked(self) -> bool:
-        forward = self._ebtables("-L", "FORWARD", check=False).stdout.splitlines()
+        forward = self._list("FORWARD").stdout.splitlines()
         return f"-j {DISPATCH}" in (line.strip() for line in forward)
 
     def apply(self, policies: Sequence[PortPolicy]) -> None:
@@ -263,7 +264,7 @@ class EbtablesBackend:
             # which "-N" refuses: delete those of these ports (if any) and try once more.
             stale = port_chains(p.tap for p in policies if p.tap not in (isolated or set()))
             deleted = [chain for chain in sorted(stale)
-                       if self._ebtables("-X", chain, check=False).returncode == 0]
+                       if self.firewall.ebtables_delete(chain, check=False).returncode == 0]
             if not deleted:
                 raise
             self._restore(apply_batch(policies, isolated))
@@ -293,7 +294,7 @@ class EbtablesBackend:
         orphans = (self.isolated_taps() or set()) - existing
         self._remove(orphans)
         isolated = self.isolated_taps() or set()
-        chains = parse_chains(self._ebtables("-L").stdout)
+        chains = parse_chains(self._list(check=True).stdout)
         stale = {chain for chain in chains if chain.startswith((IN_PREFIX, OUT_PREFIX))}
         stale -= port_chains(isolated)
         if stale:
@@ -303,4 +304,4 @@ class EbtablesBackend:
     def ruleset(self) -> str:
         """The whole filter table as ebtables lists it, with counters (``vaf isolation
         show``)."""
-        return self._ebtables("-L", "--Lc").stdout
+        return self.firewall.ebtables_list(counters=True).stdout

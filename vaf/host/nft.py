@@ -57,7 +57,7 @@ from vaf.host.netfilter import (
     format_mac,
     parse_mac,
 )
-from vaf.host.runner import Runner
+from vaf.host.netfilter_verbs import Firewall
 
 TABLE = "vaf_isolation"
 PRIORITY = "-200"  # the bridge family's "filter" priority
@@ -325,8 +325,10 @@ def parse_digests(item: dict) -> dict[str, str]:
 
 @dataclass(frozen=True)
 class NftBackend:
-    runner: Runner
-    nft: str = "nft"
+    """The operations; every nft command runs as root through ``firewall`` (the
+    ``isolation-nft-*`` verbs of vaf-privileged)."""
+
+    firewall: Firewall
     table: str = TABLE
 
     name = "nft"
@@ -337,17 +339,15 @@ class NftBackend:
 
     def _run(self, script: str) -> None:
         if script:
-            self.runner.run([self.nft, "-f", "-"], sudo=True, input=script)
+            self.firewall.nft_apply(script)
 
     def _table(self) -> Table | None:
-        result = self.runner.run([self.nft, "-j", "list", "table", "bridge", self.table],
-                                 sudo=True, check=False)
+        result = self.firewall.nft_list(self.table, as_json=True, check=False)
         return parse_table(result.stdout) if result.returncode == 0 else None
 
     def _digests(self) -> dict[str, str] | None:
         """The ``digests`` map alone: one small element per tap, read instead of the table."""
-        result = self.runner.run([self.nft, "-j", "list", "map", "bridge", self.table, DIGESTS],
-                                 sudo=True, check=False)
+        result = self.firewall.nft_list(self.table, DIGESTS, as_json=True, check=False)
         if result.returncode != 0:
             return None
         maps = [item for item in json.loads(result.stdout).get("nftables", []) if "map" in item]
@@ -409,6 +409,5 @@ class NftBackend:
         return orphans
 
     def ruleset(self) -> str:
-        result = self.runner.run([self.nft, "list", "table", "bridge", self.table],
-                                 sudo=True, check=False)
+        result = self.firewall.nft_list(self.table, check=False)
         return result.stdout if result.returncode == 0 else ""

@@ -1,97 +1,58 @@
 """What ``vaf-privileged`` does as root: fixed verbs, one JSON request on stdin, checked here.
 
 The program (``share/privileged/vaf-privileged``, installed root-owned outside the remotes
-tree) is the only vaf code a sudoers rule lets run as root besides the LVM, dd and mkfs
-commands listed in ``share/sudoers/vaf``. Its contract:
+tree) is the only vaf code a sudoers rule lets run as root (``share/sudoers/vaf``). Its
+contract:
 
 * ``argv``: exactly one verb of :data:`VERBS`; nothing else (so each sudoers rule names the
   full command line, without wildcards);
-* stdin: one JSON object, validated field by field (:func:`vmids`, :func:`priority`);
-* paths (state and pid directories, /proc) come from its own root-owned conf, never from
-  the caller;
-* stdout: ``{"host": ..., "vms": [<one result per VM>]}``; exit 0, or 1 if a VM failed (the
-  others are still done and reported); bad input: one reason line on stderr, exit 2, nothing
-  done.
+* stdin: one JSON object, validated field by field by the verb's module
+  (:mod:`vaf.host.cpu_verbs`, :mod:`vaf.host.netfilter_verbs`);
+* paths (state and pid directories, /proc, the firewall programs) come from its own
+  root-owned conf, never from the caller;
+* stdout: one JSON object, the verb's report with the ``host`` it ran on: CPU priority's
+  ``{"host": ..., "vms": [<one result per VM>]}``, exit 0, or 1 if a VM failed (the others
+  are still done and reported); isolation's ``{"host", "argv", "returncode", "stdout",
+  "stderr"}`` of the one command it ran, exit 0, or 1 if that command failed;
+* bad input: one reason line on stderr, exit 2, no report, nothing done.
 
-stdlib only: runs on hypervisors, with the host's /usr/bin/python3.
+oneadmin's end of the call is :mod:`vaf.host.privileged_call`. stdlib only: runs on
+hypervisors, with the host's /usr/bin/python3.
 """
 
 from __future__ import annotations
 
 import json
-import socket
+import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
 
-from vaf.config import load_config
+from vaf.config import DriverConfig, load_config
 from vaf.errors import ProtocolError, VafError
-from vaf.host import cpu
+from vaf.host import netfilter_verbs
 
-STDIN_LIMIT = 1024 * 1024
-MAX_VMS = 10000
+#: the largest request: an isolation script of the largest size, quoted as JSON
+STDIN_LIMIT = 2 * netfilter_verbs.TEXT_LIMIT
 
-
-def vmids(request: Mapping[str, object], allow_empty: bool = False) -> list[int]:
-    ids = request.get("vmids")
-    if (not isinstance(ids, list) or (not ids and not allow_empty) or len(ids) > MAX_VMS
-            or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0
-                       for v in ids)):
-        raise ProtocolError("vmids must be a list of non-negative VM ids")
-    return ids
+#: CPU priority's verbs (:mod:`vaf.host.cpu_verbs`, imported only when one runs: each call is
+#: one process, and the firewall verbs run several times per VM deploy)
+CPU_VERBS = ("cpu-apply", "cpu-release", "cpu-status")
 
 
-def priority(request: Mapping[str, object]) -> tuple[cpu.Priority, str]:
-    label, nice, weight = request.get("label"), request.get("nice"), request.get("weight", "")
-    layer = request.get("layer")
-    if layer not in cpu.LAYERS:
-        raise ProtocolError(f"layer must be one of {', '.join(cpu.LAYERS)}")
-    if not isinstance(label, str) or not label.isidentifier():
-        raise ProtocolError("label must be a class name")
-    if not isinstance(nice, int) or isinstance(nice, bool) or not isinstance(weight, str):
-        raise ProtocolError("nice must be an integer and weight a string")
-    return cpu.Priority(label, nice, weight), layer
+def _cpu(verb: str):
+    def serve(request: Mapping[str, object], conf: DriverConfig) -> tuple[dict, int]:
+        from vaf.host import cpu_verbs
+
+        return cpu_verbs.VERBS[verb](request, conf)
+
+    return serve
 
 
-def _each(ids: Sequence[int], operation: Callable[[int], dict]) -> list[dict]:
-    results = []
-    for vmid in ids:
-        try:
-            results.append(operation(vmid))
-        except OSError as err:  # permission denied, cgroup removed under us, ...
-            where = f": {err.filename}" if err.filename else ""
-            results.append({"vmid": vmid, "status": "error", "reason": f"{err.strerror}{where}"})
-        except VafError as err:  # a corrupt state file: this VM only
-            results.append({"vmid": vmid, "status": "error", "reason": err.reason})
-    return results
-
-
-def cpu_apply(request: Mapping[str, object], host: cpu.Host) -> list[dict]:
-    wanted, layer = priority(request)  # validated once, before touching any VM
-    return _each(vmids(request), lambda vmid: cpu.apply(vmid, wanted, layer, host))
-
-
-def cpu_release(request: Mapping[str, object], host: cpu.Host) -> list[dict]:
-    return _each(vmids(request), lambda vmid: cpu.release(vmid, host))
-
-
-def cpu_status(request: Mapping[str, object], host: cpu.Host) -> list[dict]:
-    ids = vmids(request, allow_empty=True) or cpu.known_vmids(host)
-    return _each(ids, lambda vmid: cpu.status(vmid, host))
-
-
-VERBS: dict[str, Callable[[Mapping[str, object], cpu.Host], list[dict]]] = {
-    "cpu-apply": cpu_apply,
-    "cpu-release": cpu_release,
-    "cpu-status": cpu_status,
+#: verb -> (request, the program's conf) -> (report, exit code)
+VERBS: dict[str, Callable[[Mapping[str, object], DriverConfig], tuple[dict, int]]] = {
+    **{verb: _cpu(verb) for verb in CPU_VERBS},
+    **netfilter_verbs.VERBS,
 }
-
-
-def host_of(conf_path: str) -> cpu.Host:
-    """The paths to act on, from the program's own conf (the environment is ignored)."""
-    conf, defaults = load_config(conf_path, environ={}), cpu.Host()
-    return cpu.Host(state_dir=conf.str("STATE_DIR", defaults.state_dir),
-                    pid_dir=conf.str("PID_DIR", defaults.pid_dir),
-                    proc=conf.str("PROC", defaults.proc))
 
 
 def read_request(stream) -> dict:
@@ -112,10 +73,10 @@ def main(argv: Sequence[str], conf_path: str, stdin=None) -> int:
         if len(argv) != 1 or argv[0] not in VERBS:
             raise ProtocolError(f"usage: vaf-privileged {'|'.join(VERBS)} < request.json")
         request = read_request(stdin or sys.stdin)
-        results = VERBS[argv[0]](request, host_of(conf_path))
+        report, code = VERBS[argv[0]](request, load_config(conf_path, environ={}))
     except VafError as err:
         print(err.reason, file=sys.stderr)
         return 2
-    json.dump({"host": socket.gethostname(), "vms": results}, sys.stdout, sort_keys=True)
+    json.dump({"host": os.uname().nodename, **report}, sys.stdout, sort_keys=True)
     sys.stdout.write("\n")
-    return 1 if any(r["status"] == "error" for r in results) else 0
+    return code

@@ -154,6 +154,16 @@ def last_meaningful_line(text: str) -> str:
     return "; ".join(chosen)
 
 
+def error_for(result: Result) -> CommandError:
+    """The error of a failed command: ssh's own failure, a missing program, or its exit."""
+    args = (result.argv, result.host, result.returncode, result.stdout, result.stderr)
+    if result.host is not None and result.returncode == SSH_CONNECTION_FAILED:
+        return HostUnreachable(*args)
+    if result.returncode == COMMAND_NOT_FOUND and "not found" in result.stderr:
+        return CommandNotFound(*args)
+    return CommandError(*args)
+
+
 def check_argv(argv: Sequence[str]) -> tuple[str, ...]:
     """Refuse anything that is not a non-empty list of strings without NUL bytes."""
     if isinstance(argv, (str, bytes)) or not argv:
@@ -246,16 +256,8 @@ class Runner:
                                  expired.stderr) from None
         result = Result(command, self.host, code, out, err, time.monotonic() - started)
         if check and code != 0:
-            raise self._error_for(result)
+            raise error_for(result)
         return result
-
-    def _error_for(self, result: Result) -> CommandError:
-        args = (result.argv, self.host, result.returncode, result.stdout, result.stderr)
-        if self.host is not None and result.returncode == SSH_CONNECTION_FAILED:
-            return HostUnreachable(*args)
-        if result.returncode == COMMAND_NOT_FOUND and "not found" in result.stderr:
-            return CommandNotFound(*args)
-        return CommandError(*args)
 
     def hand_over(self, argv: Sequence[str]) -> None:
         """Become ``argv`` (exec, never returns): for an interactive program such as ``ssh``.

@@ -8,6 +8,7 @@ What lands in the guest, root-owned (exactly the files ``install.sh host`` insta
 * ``/usr/lib/vaf/privileged.conf`` (0644): the shipped one, plus the keys a test sets;
 * ``/etc/sudoers.d/vaf`` (0440), from ``share/sudoers/vaf``, checked by ``visudo -c``.
 
+:func:`install_here` lays out the same files on this machine (tests running as root).
 :func:`sudo_limited_to_vaf` then takes away the blanket sudo the test image gives
 ``oneadmin``, so tests run under exactly the shipped rules; it gives it back afterwards (the
 guest is shared by every test module of a session).
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import shlex
 import subprocess
 import tarfile
@@ -76,6 +78,21 @@ def install_host(tb, conf: Mapping[str, str] | None = None) -> None:
                           capture_output=True, timeout=120, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"host install failed: {done.stderr.decode(errors='replace')}")
+
+
+def install_here(root: str | os.PathLike, conf: Mapping[str, str] | None = None) -> Path:
+    """The same files below ``root`` on this machine, the sudoers file aside; the program's
+    path. For tests that run as root already (isolation in network namespaces): the drivers'
+    runner then runs the program without sudo, through the very code a host runs."""
+    base = Path(root)
+    for path, (data, mode) in installed_files(conf).items():
+        if not path.startswith(f"{PREFIX}/"):
+            continue
+        target = base / path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(data)
+        target.chmod(mode)
+    return base / PREFIX / "vaf-privileged"
 
 
 @contextlib.contextmanager

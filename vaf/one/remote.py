@@ -28,6 +28,7 @@ import threading
 from collections.abc import Mapping, Sequence
 
 from vaf.errors import DriverError, VafError, one_line
+from vaf.host.privileged_call import DEFAULT_PROGRAM, refused_by_sudo, sudo_refusal
 from vaf.host.runner import CommandCancelled, CommandError, HostUnreachable, Result, Runner
 from vaf.one.log import DriverLog, active, ascii_text
 
@@ -39,14 +40,11 @@ DEFAULT_PYTHON = ("python3", "-S")
 NOT_THERE = "can't open file"
 _TAGGED_RE = re.compile(r"^(ERROR|INFO|WARN|DEBUG):\s+")
 #: the root-owned entry point of host halves that need root (``share/sudoers/vaf``)
-DEFAULT_PRIVILEGED = ("sudo", "-n", "/usr/lib/vaf/vaf-privileged")
+DEFAULT_PRIVILEGED = ("sudo", "-n", DEFAULT_PROGRAM)
 #: what ssh itself says when it could not connect or log in (anything else on a 255 exit:
 #: the remote command died by a signal, and ssh prints nothing of its own)
 _SSH_OWN = ("ssh:", "Connection ", "Permission denied", "Host key", "kex_exchange",
             "Could not resolve", "Bad owner", "no such identity", "banner exchange")
-_SUDO_REFUSED = ("sudo: a password is required", "sudo: a terminal is required",
-                 "is not allowed to execute", "sudo: sorry", "command not found",
-                 "No such file or directory", "is not in the sudoers file")
 
 
 class HostFailure(VafError):
@@ -135,10 +133,8 @@ def call(runner: Runner, command: str, params: Mapping[str, object], *, remotes:
 
 def privileged_failure(relay: Relay, err: CommandError, what: str) -> VafError:
     """A failed privileged call: sudo's refusals and a missing helper name the fix."""
-    where = err.host or "localhost"
-    if not relay.tagged and any(m in line for line in relay.untagged for m in _SUDO_REFUSED):
-        return DriverError(f"{what}: sudo cannot run /usr/lib/vaf/vaf-privileged on {where} "
-                           f"({one_line(relay.untagged[-1])}): run install.sh host on {where}")
+    if not relay.tagged and refused_by_sudo(relay.untagged):
+        return sudo_refusal(what, err.host or "localhost", relay.untagged[-1])
     return relay.failure(err, what)
 
 
