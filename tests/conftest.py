@@ -1,6 +1,8 @@
 """Shared pytest set-up: the session's test hypervisor (the lab's, vaf/lab/testbed.py), the
 oned runtime a test runs under (vaf/lab/oned.py), and how tests are shared out between
 parallel workers (``scripts/test`` runs pytest-xdist with ``--dist loadgroup``)."""
+from __future__ import annotations
+
 import os
 
 import pytest
@@ -12,11 +14,22 @@ from vaf.lab.testbed import Testbed
 
 
 def pytest_collection_modifyitems(items):
-    """One xdist group per module (its module-scoped daemons start once), except that every
-    test on the session's test hypervisor shares one group: one worker boots it, once."""
+    """Every test on the session's test hypervisor goes to one worker (which boots it once);
+    the tests of a module with module- or class-scoped fixtures (daemons, a guest of its own)
+    stay together, so those start once; every other test goes wherever a worker is free."""
     for item in items:
-        group = "testbed" if "testbed" in item.fixturenames else item.module.__name__
-        item.add_marker(pytest.mark.xdist_group(group))
+        group = _xdist_group(item)
+        if group:
+            item.add_marker(pytest.mark.xdist_group(group))
+
+
+def _xdist_group(item) -> str | None:
+    if "testbed" in item.fixturenames:
+        return "testbed"
+    definitions = item._fixtureinfo.name2fixturedefs.values()
+    if any(found[-1].scope in ("package", "module", "class") for found in definitions):
+        return item.module.__name__
+    return None
 
 
 @pytest.fixture(scope="session")

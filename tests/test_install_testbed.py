@@ -5,6 +5,7 @@ install.sh said it kept, nothing else."""
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 

@@ -32,6 +32,7 @@ from vaf.guest.context import format_context
 from vaf.host.runner import Runner
 from vaf.lab import oned
 from vaf.lab.elastic_loop import TREE, Loop
+from vaf.lab.host_install import install_here
 from vaf.lab.kvm_standins import Hypervisor, StandIn, cpu_ticks, thread_nices
 from vaf.lab.lvmsnap_env import SYS_DS, LvmsnapEnv, prepare_host
 from vaf.lab.netns import BRIDGE, Lab
@@ -154,7 +155,9 @@ class Facility:
             (driver / action).symlink_to("../../vaf/dispatch")
         conf = root / "etc" / "vnm" / "vaf_isolation" / "vaf_isolation.conf"
         conf.parent.mkdir(parents=True)
-        conf.write_text(f"BACKEND={backend}\nVN_MADS=vaf_isolation\n")
+        # root's commands through vaf-privileged, laid out as install.sh host does
+        privileged = install_here(self.work / "host-install")
+        conf.write_text(f"BACKEND={backend}\nVN_MADS=vaf_isolation\nPRIVILEGED={privileged}\n")
         self.vnm_root, self.backend = root, backend
         self.say(f"[setup] workers' bridge {BRIDGE} in network namespace {self.net.host}, "
                  f"isolation backend {backend}")
