@@ -26,7 +26,10 @@ VERBS = ("apply", "release", "status")
 def report_of(stdout: str) -> list[dict] | None:
     """The per-VM results in the JSON report of ``vaf-privileged cpu-<verb>`` (or of
     ``host-command cpu-<verb>``, which relays it), or None."""
-    report = privileged_call.report_of(stdout)
+    return _vms(privileged_call.report_of(stdout))
+
+
+def _vms(report: dict | None) -> list[dict] | None:
     vms = report.get("vms") if report is not None else None
     return vms if isinstance(vms, list) else None
 
@@ -34,9 +37,9 @@ def report_of(stdout: str) -> list[dict] | None:
 def run_privileged(privileged: str, sudo: Sequence[str], verb: str,
                    request: Mapping[str, object]) -> list[dict]:
     """``sudo -n <privileged> cpu-<verb>`` here, the request on stdin; the per-VM results."""
-    report = privileged_call.call(Runner(sudo_prefix=sudo), privileged, f"cpu-{verb}", request)
-    vms = report.get("vms")
-    if not isinstance(vms, list):
+    vms = _vms(privileged_call.call(Runner(sudo_prefix=sudo), privileged, f"cpu-{verb}",
+                                    request))
+    if vms is None:
         raise DriverError(f"{privileged} cpu-{verb} printed no per-VM results")
     return vms
 

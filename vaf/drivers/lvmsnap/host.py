@@ -325,10 +325,11 @@ def remove_stale_fills(host: Host, volumes: Mapping[str, LogicalVolume]) -> None
             if free and not volumes[name].open:
                 host.log.info(f"removing {name}, left over by an interrupted fill")
                 host.vg.remove(name)
-    for lock in locks.names(host.state, fill_lock(host, "")):
+    prefix = fill_lock(host, "")
+    for lock in locks.names(host.state, prefix):
         # a free lock without its fill LV is a killed filler's; a filler that has just
         # opened it notices the unlink and takes a new one (see vaf.host.locks)
-        if cache.fill_name(lock[len(fill_lock(host, "")):]) not in volumes:
+        if cache.fill_name(lock[len(prefix):]) not in volumes:
             with locks.if_free(host.state, lock, remove=True):
                 pass
 
